@@ -1,0 +1,151 @@
+"""Cameras: view rotations, perspective and orthographic projection, and the 2D normalisation.
+
+One implementation serves training data, MAS and evaluation; every function takes numpy arrays or torch tensors and
+returns the same kind.
+
+Conventions
+-----------
+World (3D motions): right-handed, **y up**, the subject near the origin. A view is an orbit around the vertical axis
+by ``azimuth`` followed by a tilt by ``elevation`` (positive looks down on the subject). After rotation by ``R`` a point
+is in camera coordinates: x right, y up, z away from the camera; the camera sits at z = -distance.
+Then (seed, Theorem 2)::
+
+    orthographic:  p = R_xy X
+    perspective:   p = distance * R_xy X / (distance + R_z X)
+
+2D data: image keypoints (y down, pixels) become the data's coordinates through :func:`normalize_2d`: y is flipped up,
+the clip is centred on the mean root position and divided by the body size (median over frames of the RMS distance of
+the body joints from their centroid, times :data:`BODY_SIZE_TO_UNIT`). The same function normalises projected 3D
+motions for evaluation, so both live in one coordinate system.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ELEVATION = math.pi / 16
+DEFAULT_DISTANCE = 7.0
+# An adult's RMS joint spread is about a quarter of the body height, so dividing by (spread / 0.25) makes one data
+# unit about one body height; the MAS camera distance (7) is measured in these units.
+BODY_SIZE_TO_UNIT = 0.25
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _like(value: Any, ref: Any) -> Any:
+    """``value`` as the array type (and dtype/device for torch) of ``ref``."""
+    if _is_torch(ref):
+        import torch
+
+        dtype = ref.dtype if ref.is_floating_point() else torch.float32
+        return torch.as_tensor(value, dtype=dtype, device=ref.device)
+    return np.asarray(value, dtype=np.result_type(ref, np.float32) if np.asarray(ref).dtype.kind == "f" else np.float64)
+
+
+def rotation_matrix(azimuth: Any, elevation: Any = DEFAULT_ELEVATION) -> np.ndarray:
+    """World → camera rotations ``[..., 3, 3]`` for broadcastable ``azimuth`` and ``elevation`` (radians).
+
+    ``R = R_x(elevation) @ R_y(azimuth)``. Returns a float64 numpy array (convert with :func:`_like` where needed).
+    """
+    az, el = np.broadcast_arrays(np.asarray(azimuth, dtype=np.float64), np.asarray(elevation, dtype=np.float64))
+    ca, sa, ce, se = np.cos(az), np.sin(az), np.cos(el), np.sin(el)
+    zero, one = np.zeros_like(az), np.ones_like(az)
+    r_y = np.stack([np.stack([ca, zero, sa], -1), np.stack([zero, one, zero], -1), np.stack([-sa, zero, ca], -1)], -2)
+    r_x = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, ce, -se], -1), np.stack([zero, se, ce], -1)], -2)
+    return r_x @ r_y
+
+
+def view_azimuths(num_views: int) -> np.ndarray:
+    """Evenly spaced azimuths ``-pi + 2*pi*i/V`` (the MAS views)."""
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    return -math.pi + 2 * math.pi * np.arange(num_views) / num_views
+
+
+def view_rotations(num_views: int, elevation: float = DEFAULT_ELEVATION) -> np.ndarray:
+    """``[V, 3, 3]`` rotations of the MAS views."""
+    return rotation_matrix(view_azimuths(num_views), elevation)
+
+
+def to_camera(points: Any, rotations: Any) -> Any:
+    """Rotate world points ``[..., L, J, 3]`` into every camera of ``rotations [V, 3, 3]``: ``[..., V, L, J, 3]``."""
+    rot = _like(rotations, points)
+    if _is_torch(points):
+        import torch
+
+        return torch.einsum("vij,...lkj->...vlki", rot, points)
+    return np.einsum("vij,...lkj->...vlki", rot, points)
+
+
+def project(points: Any, rotations: Any, distance: float | None = DEFAULT_DISTANCE, mode: str = "perspective") -> Any:
+    """Project world motions ``[..., L, J, 3]`` into views ``[V, 3, 3]``: ``[..., V, L, J, 2]``.
+
+    ``mode`` is ``"perspective"`` (camera at ``distance`` from the origin) or ``"orthographic"``.
+    """
+    cam = to_camera(points, rotations)
+    if mode == "orthographic":
+        return cam[..., :2]
+    if mode != "perspective":
+        raise ValueError(f"unknown projection mode {mode!r}; use 'perspective' or 'orthographic'")
+    if distance is None or distance <= 0:
+        raise ValueError(f"perspective projection needs a positive camera distance, got {distance}")
+    depth = distance + cam[..., 2:3]
+    if (depth <= 0).any():
+        raise ValueError(f"points behind the camera: the motion reaches beyond the camera distance {distance}")
+    return distance * cam[..., :2] / depth
+
+
+def body_size(xy: np.ndarray, valid: np.ndarray) -> float:
+    """Median over frames of the RMS distance of valid joints from their centroid.
+
+    ``xy [L, J, 2]``, ``valid [L, J]`` (bool).
+    """
+    counts = valid.sum(-1)
+    frames = counts >= 2
+    if not frames.any():
+        raise ValueError("cannot measure body size: no frame has two or more confident joints")
+    w = valid[frames][..., None].astype(np.float64)
+    pts = xy[frames].astype(np.float64)
+    centroid = (pts * w).sum(1, keepdims=True) / w.sum(1, keepdims=True)
+    rms = np.sqrt((((pts - centroid) ** 2).sum(-1) * w[..., 0]).sum(1) / w[..., 0].sum(1))
+    return float(np.median(rms))
+
+
+def normalize_2d(
+    xy: np.ndarray,
+    conf: np.ndarray | None,
+    root: tuple[int, ...] | list[int],
+    body_joints: np.ndarray | None = None,
+    conf_threshold: float = 0.0,
+    y_down: bool = True,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Map one clip of 2D keypoints ``[L, J, 2]`` into data coordinates.
+
+    Returns ``(xy_normalised, centre [2], scale)`` with ``xy_normalised = (flip(xy) - centre) / scale``. Only joints
+    with ``conf > conf_threshold`` (all joints when ``conf`` is None) are used to find the centre and the scale; the
+    others are transformed too but must stay masked downstream. ``y_down`` flips image coordinates to y up.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 3 or xy.shape[-1] != 2:
+        raise ValueError(f"normalize_2d expects keypoints [L, J, 2], got {xy.shape}")
+    valid = np.isfinite(xy).all(-1)
+    if conf is not None:
+        valid &= np.asarray(conf) > conf_threshold
+    if y_down:
+        xy = xy * np.array([1.0, -1.0])
+    body = np.arange(xy.shape[1]) if body_joints is None else np.asarray(body_joints)
+    scale = body_size(xy[:, body], valid[:, body]) / BODY_SIZE_TO_UNIT
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"degenerate body size {scale}: all confident joints coincide")
+    root_idx = list(root)
+    root_valid = valid[:, root_idx].all(-1)
+    if root_valid.any():
+        centre = xy[root_valid][:, root_idx].mean(axis=(0, 1))
+    else:  # no frame sees the root: fall back on the mean of all confident joints
+        centre = xy[valid].mean(0)
+    return ((xy - centre) / scale).astype(np.float32), centre, scale

@@ -1,0 +1,117 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cameras import (
+    normalize_2d,
+    project,
+    rotation_matrix,
+    to_camera,
+    view_azimuths,
+    view_rotations,
+)
+from pipeline.skeletons import get_skeleton
+
+
+def test_rotations_are_orthonormal_and_batched():
+    rot = rotation_matrix(np.linspace(-3, 3, 7)[:, None], np.array([0.0, 0.3]))
+    assert rot.shape == (7, 2, 3, 3)
+    eye = np.broadcast_to(np.eye(3), rot.shape)
+    np.testing.assert_allclose(rot @ np.swapaxes(rot, -1, -2), eye, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-12)
+
+
+def test_view_azimuths_match_mas():
+    np.testing.assert_allclose(view_azimuths(4), [-math.pi, -math.pi / 2, 0, math.pi / 2])
+    with pytest.raises(ValueError):
+        view_azimuths(0)
+
+
+def test_known_projections():
+    point = np.array([[[1.0, 2.0, 0.5]]])  # [L=1, J=1, 3]
+    front = rotation_matrix([0.0], 0.0)
+    np.testing.assert_allclose(project(point, front, mode="orthographic")[0, 0, 0], [1.0, 2.0])
+    np.testing.assert_allclose(project(point, front, distance=7.0)[0, 0, 0], np.array([1.0, 2.0]) * 7 / 7.5)
+    side = rotation_matrix([math.pi / 2], 0.0)  # orbit a quarter turn: world z becomes camera x
+    np.testing.assert_allclose(project(point, side, mode="orthographic")[0, 0, 0], [0.5, 2.0], atol=1e-12)
+    down = rotation_matrix([0.0], math.pi / 2)  # look straight down: world z becomes camera y up... negated
+    cam = to_camera(np.array([[[0.0, 1.0, 0.0]]]), down)[0, 0, 0]
+    np.testing.assert_allclose(cam, [0.0, 0.0, 1.0], atol=1e-12)  # the top of the head points away from the camera
+
+
+def test_perspective_approaches_orthographic_with_distance():
+    rng = np.random.default_rng(0)
+    motion = rng.uniform(-1, 1, size=(5, 8, 3))
+    rot = view_rotations(5)
+    ortho = project(motion, rot, mode="orthographic")
+    errors = [np.abs(project(motion, rot, distance=d) - ortho).max() for d in (3, 7, 30, 300)]
+    assert errors == sorted(errors, reverse=True)
+    for d, err in zip((3, 7, 30, 300), errors, strict=True):
+        assert err <= math.sqrt(3) * math.sqrt(2) / (d - math.sqrt(3)) + 1e-12  # seed Theorem 2 bound, radius sqrt(3)
+
+
+def test_torch_and_numpy_agree_and_batch():
+    rng = np.random.default_rng(1)
+    motion = rng.normal(size=(2, 6, 4, 3)) * 0.3
+    rot = view_rotations(3)
+    out_np = project(motion, rot)
+    out_t = project(torch.tensor(motion, dtype=torch.float64), rot)
+    assert isinstance(out_t, torch.Tensor) and out_t.shape == (2, 3, 6, 4, 2)
+    np.testing.assert_allclose(out_t.numpy(), out_np, atol=1e-12)
+    assert project(torch.zeros(6, 4, 3), rot).dtype == torch.float32
+
+
+def test_projection_errors():
+    with pytest.raises(ValueError, match="projection mode"):
+        project(np.zeros((1, 1, 3)), view_rotations(2), mode="fisheye")
+    with pytest.raises(ValueError, match="behind the camera"):
+        project(np.array([[[0.0, 0.0, -10.0]]]), rotation_matrix([0.0], 0.0), distance=7)
+    with pytest.raises(ValueError, match="positive camera distance"):
+        project(np.zeros((1, 1, 3)), view_rotations(2), distance=0)
+
+
+def test_normalize_2d_centres_scales_and_flips():
+    skeleton = get_skeleton("coco17")
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(30, 17, 2))
+    pixels = base * 80 + np.array([640.0, 360.0])
+    conf = np.ones((30, 17))
+    norm, centre, scale = normalize_2d(pixels, conf, skeleton.root)
+    root = norm[:, list(skeleton.root)].mean(axis=(0, 1))
+    np.testing.assert_allclose(root, 0.0, atol=1e-5)
+    # invariant to where the person stands and how large they appear in pixels; y flipped up
+    norm2, _, scale2 = normalize_2d(pixels * 3 + 100, conf, skeleton.root)
+    np.testing.assert_allclose(norm2, norm, atol=1e-5)
+    assert scale2 == pytest.approx(3 * scale)
+    flipped, _, _ = normalize_2d(pixels, conf, skeleton.root, y_down=False)
+    np.testing.assert_allclose(flipped[..., 1], -norm[..., 1], atol=1e-5)
+
+
+def test_normalize_2d_ignores_low_confidence_joints():
+    skeleton = get_skeleton("coco17")
+    rng = np.random.default_rng(3)
+    pixels = rng.normal(size=(20, 17, 2)) * 50 + 300
+    conf = np.ones((20, 17))
+    reference, _, _ = normalize_2d(pixels, conf, skeleton.root, conf_threshold=0.5)
+    corrupted = pixels.copy()
+    corrupted[:, 0] = 0.0  # a (0, 0) keypoint that the detector missed
+    conf[:, 0] = 0.05
+    norm, _, _ = normalize_2d(corrupted, conf, skeleton.root, conf_threshold=0.5)
+    np.testing.assert_allclose(norm[:, 1:], reference[:, 1:], atol=1e-4, rtol=0.2)
+    with pytest.raises(ValueError, match="no frame has two or more confident joints"):
+        normalize_2d(pixels, np.zeros((20, 17)), skeleton.root, conf_threshold=0.5)
+    with pytest.raises(ValueError, match=r"\[L, J, 2\]"):
+        normalize_2d(pixels[0], None, skeleton.root)
+
+
+def test_projected_3d_and_2d_data_share_the_normalisation():
+    """A 3D motion projected by the camera code and the same motion drawn in pixels normalise to the same thing."""
+    rng = np.random.default_rng(4)
+    motion = rng.normal(size=(10, 17, 3)) * 0.3
+    projected = project(motion, rotation_matrix([0.4], 0.2), mode="orthographic")[0]
+    pixels = projected * np.array([200.0, -200.0]) + np.array([500.0, 400.0])  # y down, pixels
+    a, _, _ = normalize_2d(projected, None, (11, 12), y_down=False)
+    b, _, _ = normalize_2d(pixels, None, (11, 12), y_down=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -1,0 +1,124 @@
+import os
+
+import pandas as pd
+import pytest
+
+from storage import Catalog, UnsafeIdError, Workspace, check_id, file_sha256, params_hash, slugify, stage_key
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.mark.parametrize("bad", ["..", "../etc", "a/b", "a\\b", ".hidden", "", "a..b", "x" * 200, "/abs", "a b"])
+def test_unsafe_ids_are_refused(ws, bad):
+    with pytest.raises(UnsafeIdError):
+        check_id(bad)
+    with pytest.raises(UnsafeIdError):
+        ws.video_dir(bad)
+    with pytest.raises(UnsafeIdError):
+        ws.dataset_dir(bad)
+
+
+def test_safe_ids_and_slugify():
+    assert check_id("vid_001.part-2") == "vid_001.part-2"
+    assert slugify("../../My Video: final!.mp4") == "My-Video-final-.mp4"
+    check_id(slugify("../../x"))
+    check_id(slugify("///"))
+
+
+def test_paths_stay_inside_root(ws):
+    for path in (ws.tracks_path("v1"), ws.poses_path("v1"), ws.checkpoint_dir("run"), ws.samples_dir("s")):
+        assert os.path.commonpath([ws.root, path]) == ws.root
+    with pytest.raises(ValueError):
+        ws.path("not-an-area", "x")
+    assert ws.absolute(ws.relative(ws.tracks_path("v1"))) == ws.tracks_path("v1")
+
+
+def test_atomic_write_replaces_and_failure_keeps_old(ws):
+    target = ws.path("datasets", "d", "data.bin")
+    ws.write_bytes(target, b"first")
+    with pytest.raises(RuntimeError), ws.atomic_path(target) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(b"half-written")
+        raise RuntimeError("killed mid-write")
+    assert ws.read_bytes(target) == b"first"
+    leftovers = [n for n in os.listdir(os.path.dirname(target)) if n.startswith(".tmp-")]
+    assert leftovers == []
+    ws.write_json(target, {"b": 1, "a": [1, 2]})
+    assert ws.read_json(target) == {"a": [1, 2], "b": 1}
+
+
+def test_fsspec_memory_workspace_roundtrip():
+    ws = Workspace("memory://mas-test-ws")
+    assert not ws.is_local
+    path = ws.poses_path("clip")
+    ws.write_text(path, "hello")
+    assert ws.read_text(path) == "hello"
+    with ws.local_copy(path) as local:
+        assert open(local).read() == "hello"
+    catalog = Catalog(ws)
+    catalog.mark_done("poses", "clip", key="k", outputs=[path])
+    assert catalog.is_done("poses", "clip", key="k")
+
+
+def test_hashes_are_content_based(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 3_000_000)
+    b.write_bytes(b"x" * 3_000_000)
+    assert file_sha256(a) == file_sha256(b)
+    b.write_bytes(b"y")
+    assert file_sha256(a) != file_sha256(b)
+    assert params_hash({"a": 1, "b": (2, 3)}) == params_hash({"b": [2, 3], "a": 1})
+    assert params_hash({"a": 1.0}) != params_hash({"a": 1.5})
+    k1 = stage_key("track", ["h1"], {"conf": 0.3})
+    assert k1 == stage_key("track", ["h1"], {"conf": 0.3})
+    assert k1 != stage_key("track", ["h2"], {"conf": 0.3})
+    assert k1 != stage_key("track", ["h1"], {"conf": 0.4})
+    assert k1 != stage_key("pose", ["h1"], {"conf": 0.3})
+    with pytest.raises(TypeError):
+        params_hash({"f": object()})
+
+
+def test_catalog_states(ws):
+    catalog = Catalog(ws)
+    assert catalog.state("tracks", "v1") == "missing"
+    out = ws.write_bytes(ws.tracks_path("v1"), b"parquet")
+    catalog.mark_running("tracks", "v1", key="k1")
+    assert catalog.state("tracks", "v1") == "running"
+    catalog.mark_done("tracks", "v1", key="k1", outputs=[out], meta={"frames": 10})
+    assert catalog.state("tracks", "v1", key="k1") == "done"
+    assert catalog.state("tracks", "v1", key="k2") == "stale"
+    catalog.mark_failed("tracks", "v1", ValueError("corrupt video"), key="k2")
+    record = catalog.get("tracks", "v1")
+    assert record.status == "failed" and "ValueError: corrupt video" in record.error
+    assert record.outputs == ["tracks/v1.parquet"] and ws.exists(out)  # earlier output kept
+    assert record.meta["frames"] == 10
+    os.remove(out)
+    catalog.mark_done("tracks", "v2", key=None, outputs=[ws.write_bytes(ws.tracks_path("v2"), b"x")])
+    os.remove(ws.tracks_path("v2"))
+    assert catalog.state("tracks", "v2") == "missing"  # record says done but the file is gone
+    with pytest.raises(FileNotFoundError):
+        catalog.mark_done("tracks", "v3", key=None, outputs=[ws.tracks_path("v3")])
+    with pytest.raises(ValueError):
+        catalog.get("nonsense", "v1")
+    with pytest.raises(UnsafeIdError):
+        catalog.get("tracks", "../v1")
+
+
+def test_catalog_table(ws):
+    catalog = Catalog(ws)
+    assert list(catalog.table("video").columns)[:3] == ["kind", "id", "status"]
+    catalog.mark_failed("video", "a", "HTTP 404", source="http://x/a.mp4")
+    catalog.mark_done(
+        "video",
+        "b",
+        key="k",
+        outputs=[ws.write_bytes(ws.path("videos", "b", "video.mp4"), b"v")],
+        meta={"fps": 30.0, "frames": 90},
+    )
+    table = catalog.table("video").set_index("id")
+    assert isinstance(table, pd.DataFrame)
+    assert table.loc["a", "status"] == "failed" and table.loc["a", "error"] == "HTTP 404"
+    assert table.loc["b", "fps"] == 30.0 and table.loc["b", "status"] == "done"
