@@ -1,0 +1,97 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``; corrupt files fail clearly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.denoiser import DenoiserConfig, MotionDenoiser
+from models.diffusion import Diffusion
+from storage import Workspace
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "last.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit what it is used for."""
+
+
+def save_checkpoint(ws: Workspace, path: str, payload: dict[str, Any]) -> str:
+    with ws.atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    return path
+
+
+def load_checkpoint(ws: Workspace, path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not ws.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}; train a model first (`mas train`) or pass another run")
+    try:
+        with ws.local_copy(path) as local:
+            payload = torch.load(local, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it to start over, or restore it from a backup"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a mas-pipeline checkpoint of format {CHECKPOINT_FORMAT}")
+    return payload
+
+
+@dataclass
+class TrainedModel:
+    """What sampling and evaluation need from a checkpoint: the EMA denoiser, its schedule and data statistics."""
+
+    model: MotionDenoiser
+    diffusion: Diffusion
+    mean: torch.Tensor
+    std: torch.Tensor
+    skeleton: str
+    conf_threshold: float
+    fps: float
+    step: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def normalise(self, xy: torch.Tensor) -> torch.Tensor:
+        return (xy - self.mean) / self.std
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+
+def load_trained_model(
+    ws: Workspace, run: str, device: str | torch.device = "cpu", use_ema: bool = True
+) -> TrainedModel:
+    path = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
+    payload = load_checkpoint(ws, path, map_location=device)
+    model = MotionDenoiser(DenoiserConfig(**payload["model_config"])).to(device)
+    model.load_state_dict(payload["ema"] if use_ema else payload["model"])
+    model.eval()
+    train_cfg = json.loads(payload["train_config"])
+    data = payload["dataset"]
+    return TrainedModel(
+        model=model,
+        diffusion=Diffusion.cosine(int(train_cfg["diffusion_steps"])),
+        mean=data["mean"].to(device).float(),
+        std=data["std"].to(device).float(),
+        skeleton=str(data["skeleton"]),
+        conf_threshold=float(data["conf_threshold"]),
+        fps=float(data["fps"]),
+        step=int(payload["step"]),
+    )
+
+
+def numpy_state(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def restore_numpy_state(rng: np.random.Generator, state: str) -> None:
+    rng.bit_generator.state = json.loads(state)

@@ -1,0 +1,76 @@
+"""The MDM-style 2D motion denoiser: a transformer encoder over frame tokens that predicts the clean motion x0.
+
+Frames ``[B, L, J, 2]`` become tokens through one linear layer; a timestep token is prepended; sinusoidal positions
+are added; padded frames are hidden from attention by a key-padding mask. Unconditional, as in the MAS code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    num_joints: int
+    num_feats: int = 2
+    latent_dim: int = 512
+    ff_size: int = 1024
+    num_layers: int = 8
+    num_heads: int = 4
+    dropout: float = 0.1
+    max_len: int = 1024
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoidal_embedding(position: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features ``[..., dim]`` of (integer or real) positions ``[...]``."""
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=position.device) * (-math.log(10000.0) / dim))
+    angle = position.float()[..., None] * freq
+    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
+
+
+class MotionDenoiser(nn.Module):
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        self.config = config
+        d = config.latent_dim
+        if d % config.num_heads:
+            raise ValueError(f"latent_dim {d} must be divisible by num_heads {config.num_heads}")
+        self.input_proj = nn.Linear(config.num_joints * config.num_feats, d)
+        self.register_buffer("positions", sinusoidal_embedding(torch.arange(config.max_len + 1), d), persistent=False)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=config.num_heads,
+            dim_feedforward=config.ff_size,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.num_layers, enable_nested_tensor=False)
+        self.output_proj = nn.Linear(d, config.num_joints * config.num_feats)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict x0 from ``x [B, L, J, F]`` at timesteps ``t [B]``; ``valid [B, L]`` marks real frames."""
+        batch, length, joints, feats = x.shape
+        cfg = self.config
+        if joints != cfg.num_joints or feats != cfg.num_feats:
+            raise ValueError(
+                f"denoiser built for [*, *, {cfg.num_joints}, {cfg.num_feats}] motions, got {tuple(x.shape)}"
+            )
+        if length > cfg.max_len:
+            raise ValueError(f"motion of {length} frames exceeds the model's max_len {cfg.max_len}")
+        frames = self.input_proj(x.reshape(batch, length, joints * feats))
+        time_token = self.time_mlp(sinusoidal_embedding(t, self.config.latent_dim).to(frames.dtype)).unsqueeze(1)
+        tokens = torch.cat([time_token, frames], dim=1) + self.positions[: length + 1]
+        padding = None
+        if valid is not None:
+            padding = torch.cat([torch.zeros_like(valid[:, :1]), ~valid.bool()], dim=1)
+        hidden = self.encoder(tokens, src_key_padding_mask=padding)
+        return self.output_proj(hidden[:, 1:]).reshape(batch, length, joints, feats)

@@ -1,0 +1,348 @@
+"""Training of the 2D motion diffusion model.
+
+x0-prediction, confidence- and length-masked L2, AdamW, EMA weights, gradient clipping, bf16 autocast on GPU, optional
+``torch.compile``, DDP under ``torchrun`` (NCCL on GPU, gloo on CPU). Batches are drawn from the memory-mapped dataset.
+Checkpoints are atomic and hold everything needed to resume bit-for-bit on the same device (model, EMA, optimiser,
+RNG states, step); a NaN/inf loss stops the run with the step named and the last good checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    numpy_state,
+    restore_numpy_state,
+    save_checkpoint,
+)
+from models.denoiser import DenoiserConfig, MotionDenoiser
+from models.diffusion import Diffusion
+from storage import Workspace
+from storage.motion_dataset import MotionDataset, open_motion_dataset
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 1e-5  # the MAS code's value
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    diffusion_steps: int = 100
+    max_len: int = 120  # frames per training window; longer clips are cropped at random
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 50
+    compile: bool = False
+    device: str = "auto"
+    latent_dim: int = 512
+    ff_size: int = 1024
+    num_layers: int = 8
+    num_heads: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "diffusion_steps", "max_len", "save_every", "log_every", "latent_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ValueError(f"train config: lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    run: str
+    step: int
+    checkpoint: str
+    metrics_csv: str
+    loss_plot: str | None
+    final_loss: float
+    first_loss: float
+    samples_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False)  # the live (non-EMA) model of this process
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+class BatchSampler:
+    """Draws training windows from the train split of a memory-mapped dataset."""
+
+    def __init__(self, dataset: MotionDataset, max_len: int, rng: np.random.Generator):
+        train = dataset.split("train")
+        self.offsets = train["offset"].to_numpy()
+        self.lengths = train["length"].to_numpy()
+        self.clips = dataset.clips
+        self.max_len = min(max_len, int(self.lengths.max()))
+        self.threshold = dataset.conf_threshold
+        self.mean, self.std = dataset.mean, dataset.std
+        self.rng = rng
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``z [B, L, J, 2]`` (z-scored, masked joints at 0), ``mask [B, L, J]`` (loss mask), ``valid [B, L]``."""
+        picks = self.rng.integers(0, len(self.offsets), size=batch_size)
+        joints = self.clips.shape[1]
+        z = np.zeros((batch_size, self.max_len, joints, 2), np.float32)
+        mask = np.zeros((batch_size, self.max_len, joints), bool)
+        valid = np.zeros((batch_size, self.max_len), bool)
+        for b, i in enumerate(picks):
+            length = int(self.lengths[i])
+            take = min(length, self.max_len)
+            start = int(self.offsets[i]) + int(self.rng.integers(0, length - take + 1))
+            window = np.asarray(self.clips[start : start + take], dtype=np.float32)
+            ok = window[..., 2] >= self.threshold
+            z[b, :take] = np.where(ok[..., None], (window[..., :2] - self.mean) / self.std, 0.0)
+            mask[b, :take] = ok
+            valid[b, :take] = True
+        return z, mask, valid
+
+
+def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the joints where ``mask [B, L, J]`` is true (confident joints of real frames)."""
+    weight = mask.unsqueeze(-1).to(pred.dtype)
+    return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _write_metrics(ws: Workspace, folder: str, history: list[dict[str, float]]) -> tuple[str, str | None]:
+    csv_path = f"{folder}/metrics.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["step", "loss", "lr", "samples_per_s"])
+    writer.writeheader()
+    writer.writerows(history)
+    ws.write_text(csv_path, buffer.getvalue())
+    if not history:
+        return csv_path, None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1.2)
+    ax.set(xlabel="step", ylabel="masked L2 loss (x0)", yscale="log", title="training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = f"{folder}/loss.png"
+    with ws.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def _read_metrics(ws: Workspace, folder: str, up_to_step: int) -> list[dict[str, float]]:
+    path = f"{folder}/metrics.csv"
+    if not ws.exists(path):
+        return []
+    rows = csv.DictReader(io.StringIO(ws.read_text(path)))
+    return [{k: float(v) for k, v in row.items()} for row in rows if float(row["step"]) <= up_to_step]
+
+
+def train(
+    ws: Workspace,
+    dataset_name: str,
+    run: str,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) run ``run`` on dataset ``dataset_name``; returns where the checkpoint and metrics are.
+
+    ``stop_after`` ends the process-local loop early at that step (as a kill would) after saving, for tests and for
+    splitting long runs into jobs.
+    """
+    cfg = config or TrainConfig()
+    world, rank, local_rank = _distributed()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dataset = open_motion_dataset(ws, dataset_name)
+    folder = ws.checkpoint_dir(run)
+    ckpt_path = f"{folder}/{CHECKPOINT_NAME}"
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = DenoiserConfig(
+        num_joints=dataset.num_joints,
+        latent_dim=cfg.latent_dim,
+        ff_size=cfg.ff_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        dropout=cfg.dropout,
+        max_len=max(cfg.max_len, 16),
+    )
+    model = MotionDenoiser(model_cfg).to(device)
+    ema = MotionDenoiser(model_cfg).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    diffusion = Diffusion.cosine(cfg.diffusion_steps)
+    rng = np.random.default_rng([cfg.seed, rank])
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    step = 0
+    history: list[dict[str, float]] = []
+
+    if resume and ws.exists(ckpt_path):
+        payload = load_checkpoint(ws, ckpt_path, map_location=device)
+        if payload["dataset"]["name"] != dataset_name or payload["model_config"] != model_cfg.to_dict():
+            raise CheckpointError(
+                f"{ckpt_path} was trained on dataset {payload['dataset']['name']!r} with model "
+                f"{payload['model_config']}; it cannot resume this run. Choose another run name or pass resume=False"
+            )
+        model.load_state_dict(payload["model"])
+        ema.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])
+        step = int(payload["step"])
+        if world == 1:
+            torch.set_rng_state(payload["rng"]["torch"].cpu())
+            if device.type == "cuda" and payload["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu())
+            restore_numpy_state(rng, payload["rng"]["numpy"])
+        else:  # each rank has its own streams; continue them from a seed derived from the step
+            rng = np.random.default_rng([cfg.seed, rank, step])
+            torch.manual_seed(cfg.seed * 1000 + rank + 7919 * step)
+        history = _read_metrics(ws, folder, step)
+
+    sampler = BatchSampler(dataset, cfg.max_len, rng)
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )  # fmt: skip
+    mean_t = torch.as_tensor(dataset.mean, device=device)
+
+    def save() -> None:
+        if rank != 0:
+            return
+        payload = {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "model_config": model_cfg.to_dict(),
+            "train_config": json.dumps(asdict(cfg)),
+            "dataset": {
+                "name": dataset_name,
+                "skeleton": dataset.skeleton,
+                "fps": float(dataset.meta.get("fps", 30.0)),
+                "conf_threshold": dataset.conf_threshold,
+                "mean": mean_t.cpu(),
+                "std": torch.as_tensor(dataset.std),
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "numpy": numpy_state(rng),
+            },
+        }
+        save_checkpoint(ws, ckpt_path, payload)
+        _write_metrics(ws, folder, history)
+
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    first_loss = history[0]["loss"] if history else math.nan
+    last_loss = history[-1]["loss"] if history else math.nan
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run}", disable=not progress or rank != 0, unit="step")
+    window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+    samples_per_s = 0.0
+    train_model.train()
+    while step < end:
+        z, mask, valid = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.draw(cfg.batch_size))
+        t = torch.randint(0, diffusion.num_steps, (cfg.batch_size,), device=device)
+        noise = torch.randn_like(z)
+        xt = diffusion.q_sample(z, t, noise)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            pred = train_model(xt, t, valid)
+        loss = masked_l2(pred.float(), z, mask)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at step {step + 1} of run {run!r}; stopped without saving. The last good "
+                f"checkpoint ({ckpt_path if ws.exists(ckpt_path) else 'none yet'}) is kept: lower the learning rate "
+                "or check the dataset for extreme values"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1.0 - cfg.ema_decay)
+        step += 1
+        window_loss += loss.item()
+        window_count += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == end:
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            samples_per_s = window_count * cfg.batch_size * world / elapsed
+            last_loss = window_loss / window_count
+            if math.isnan(first_loss):
+                first_loss = last_loss
+            history.append({"step": step, "loss": last_loss, "lr": lr, "samples_per_s": samples_per_s})
+            bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{samples_per_s:.0f}")
+            window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+        if step % cfg.save_every == 0 or step == end:
+            save()
+    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    csv_path, png_path = f"{folder}/metrics.csv", f"{folder}/loss.png"
+    return TrainResult(
+        run=run,
+        step=step,
+        checkpoint=ckpt_path,
+        metrics_csv=csv_path,
+        loss_plot=png_path if ws.exists(png_path) else None,
+        final_loss=last_loss,
+        first_loss=first_loss,
+        samples_per_s=samples_per_s,
+        history=history,
+        model=model,
+    )

@@ -1,0 +1,213 @@
+"""On-disk format of a 2D motion dataset (written by the process stage, read by training and evaluation).
+
+``datasets/<name>/``::
+
+    clips.npy      float32 [F, J, 3]: every clip's frames concatenated; channels x, y (data units), confidence
+    index.parquet  one row per clip: clip_id, video_id, track_id, start_frame, offset, length, mean_conf, split,
+                   mirrored
+    mean.npy       float32 [J, 2]: per-joint, per-axis mean over the train split (confident joints only)
+    std.npy        float32 [J, 2]: the matching standard deviation
+    meta.json      skeleton, fps, conf_threshold, counts, the parameters that made it
+
+``clips.npy`` is memory-mapped when read, so training draws batches without per-file reads. The MAS code's layout
+(``motions/*.npy`` + ``Mean.npy``/``Std.npy``) is produced by :func:`export_mas_layout` and read by
+:func:`import_mas_layout`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage.workspace import Workspace
+
+INDEX_COLUMNS = ["clip_id", "video_id", "track_id", "start_frame", "offset", "length", "mean_conf", "split", "mirrored"]
+MIN_STD = 1e-3
+
+
+class DatasetFormatError(ValueError):
+    """A dataset folder that is missing files or holds inconsistent arrays."""
+
+
+def normalisation_stats(clips: list[np.ndarray], conf_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-joint, per-axis mean and std of ``[L, J, 3]`` clips over joints whose confidence passes the threshold."""
+    if not clips:
+        raise ValueError("cannot compute normalisation statistics of an empty set of clips")
+    frames = np.concatenate(clips, 0).astype(np.float64)
+    weight = (frames[..., 2] >= conf_threshold) & np.isfinite(frames[..., :2]).all(-1)
+    w = weight[..., None].astype(np.float64)
+    values = np.where(w > 0, frames[..., :2], 0.0)
+    count = w.sum(0)
+    mean = values.sum(0) / np.maximum(count, 1)
+    var = (((values - mean) ** 2) * w).sum(0) / np.maximum(count, 1)
+    std = np.sqrt(var)
+    std = np.where(count > 1, np.maximum(std, MIN_STD), 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def write_motion_dataset(
+    ws: Workspace,
+    name: str,
+    clips: list[np.ndarray],
+    index: pd.DataFrame,
+    meta: dict[str, Any],
+    conf_threshold: float,
+) -> list[str]:
+    """Write clips ``[L, J, 3]`` with their index rows (``offset`` is filled in) and train-split statistics.
+
+    Returns the written paths. ``index`` needs the columns of :data:`INDEX_COLUMNS` except ``offset`` and ``length``.
+    """
+    if len(clips) != len(index):
+        raise ValueError(f"{len(clips)} clips but {len(index)} index rows")
+    if not clips:
+        raise ValueError(f"dataset {name!r} would be empty: no clip survived processing")
+    joints = {c.shape[1:] for c in clips}
+    if len(joints) != 1 or next(iter(joints))[1] != 3:
+        raise ValueError(f"clips must all be [L, J, 3] with one J; got trailing shapes {sorted(joints)}")
+    for i, clip in enumerate(clips):
+        if not np.isfinite(clip).all():
+            raise ValueError(f"clip {i} ({index.iloc[i].get('clip_id', i)}) holds NaN or inf values")
+    index = index.reset_index(drop=True).copy()
+    lengths = np.array([len(c) for c in clips])
+    index["length"] = lengths
+    index["offset"] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise ValueError(f"index lacks columns {missing}")
+    train = [c for c, s in zip(clips, index["split"], strict=True) if s == "train"] or clips
+    mean, std = normalisation_stats(train, conf_threshold)
+    folder = ws.dataset_dir(name)
+    paths = {k: f"{folder}/{k}" for k in ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json")}
+    with ws.atomic_path(paths["clips.npy"]) as tmp:
+        np.save(tmp, np.concatenate(clips, 0).astype(np.float32))
+    with ws.atomic_path(paths["index.parquet"]) as tmp:
+        index[INDEX_COLUMNS + [c for c in index.columns if c not in INDEX_COLUMNS]].to_parquet(tmp, index=False)
+    for key, array in (("mean.npy", mean), ("std.npy", std)):
+        with ws.atomic_path(paths[key]) as tmp:
+            np.save(tmp, array)
+    full_meta = {
+        **meta,
+        "num_joints": int(clips[0].shape[1]),
+        "num_clips": len(clips),
+        "num_frames": int(lengths.sum()),
+        "conf_threshold": conf_threshold,
+        "format": 1,
+    }
+    ws.write_json(paths["meta.json"], full_meta)  # written last: its presence marks a complete dataset
+    return list(paths.values())
+
+
+@dataclass
+class MotionDataset:
+    """A dataset opened for reading; ``clips`` is memory-mapped."""
+
+    folder: str
+    clips: np.ndarray
+    index: pd.DataFrame
+    mean: np.ndarray
+    std: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def num_joints(self) -> int:
+        return int(self.clips.shape[1])
+
+    @property
+    def skeleton(self) -> str:
+        return self.meta["skeleton"]
+
+    @property
+    def conf_threshold(self) -> float:
+        return float(self.meta["conf_threshold"])
+
+    def split(self, name: str) -> pd.DataFrame:
+        rows = self.index[self.index["split"] == name]
+        if rows.empty:
+            raise ValueError(f"dataset {self.folder} has no clips in split {name!r}")
+        return rows
+
+    def clip(self, row: int) -> np.ndarray:
+        offset, length = int(self.index["offset"].iat[row]), int(self.index["length"].iat[row])
+        return np.asarray(self.clips[offset : offset + length])
+
+    @cached_property
+    def max_length(self) -> int:
+        return int(self.index["length"].max())
+
+
+def open_motion_dataset(ws: Workspace, name: str) -> MotionDataset:
+    folder = ws.dataset_dir(name)
+    needed = ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json")
+    missing = [f for f in needed if not ws.exists(f"{folder}/{f}")]
+    if missing:
+        raise DatasetFormatError(
+            f"dataset {name!r} in {ws.url} is incomplete (missing {', '.join(missing)}); run `mas process` to build it"
+        )
+    with ws.local_copy(f"{folder}/clips.npy") as local:
+        clips = np.load(local, mmap_mode="r") if ws.is_local else np.load(local)
+    with ws.local_copy(f"{folder}/index.parquet") as local:
+        index = pd.read_parquet(local)
+    with ws.local_copy(f"{folder}/mean.npy") as local:
+        mean = np.load(local)
+    with ws.local_copy(f"{folder}/std.npy") as local:
+        std = np.load(local)
+    meta = ws.read_json(f"{folder}/meta.json")
+    if clips.ndim != 3 or clips.shape[2] != 3 or mean.shape != (clips.shape[1], 2) or std.shape != mean.shape:
+        raise DatasetFormatError(f"dataset {name!r}: inconsistent shapes clips {clips.shape}, mean {mean.shape}")
+    if int(index["length"].sum()) != clips.shape[0]:
+        raise DatasetFormatError(f"dataset {name!r}: index lengths do not add up to the {clips.shape[0]} frames")
+    return MotionDataset(folder, clips, index, mean, std, meta)
+
+
+def export_mas_layout(dataset: MotionDataset, out_dir: str) -> str:
+    """Write the MAS code's layout: ``motions/<clip_id>.npy`` ([L, J, 3]) and ``Mean.npy``/``Std.npy``."""
+    motions = os.path.join(out_dir, "motions")
+    os.makedirs(motions, exist_ok=True)
+    for row in range(len(dataset.index)):
+        clip_id = str(dataset.index["clip_id"].iat[row])
+        np.save(os.path.join(motions, f"{clip_id}.npy"), dataset.clip(row))
+    np.save(os.path.join(out_dir, "Mean.npy"), dataset.mean)
+    np.save(os.path.join(out_dir, "Std.npy"), dataset.std)
+    with open(os.path.join(out_dir, "meta.json"), "w") as handle:
+        json.dump(dataset.meta, handle, indent=2)
+    return out_dir
+
+
+def import_mas_layout(
+    ws: Workspace, name: str, mas_dir: str, skeleton: str, fps: float, conf_threshold: float,
+    test_fraction: float = 0.1, seed: int = 0,
+) -> list[str]:  # fmt: skip
+    """Import ``motions/*.npy`` (``[L, J, 2]`` or ``[L, J, 3]``) as a dataset, split by file with a fixed seed."""
+    motions = os.path.join(mas_dir, "motions")
+    files = sorted(f for f in os.listdir(motions) if f.endswith(".npy")) if os.path.isdir(motions) else []
+    if not files:
+        raise DatasetFormatError(f"{motions} holds no .npy motions")
+    clips = []
+    for f in files:
+        clip = np.load(os.path.join(motions, f)).astype(np.float32)
+        if clip.ndim != 3 or clip.shape[-1] not in (2, 3):
+            raise DatasetFormatError(f"{f}: expected [L, J, 2|3], got {clip.shape}")
+        if clip.shape[-1] == 2:
+            clip = np.concatenate([clip, np.ones(clip.shape[:-1] + (1,), np.float32)], -1)
+        clips.append(clip)
+    rng = np.random.default_rng(seed)
+    test = set(rng.permutation(len(files))[: int(round(test_fraction * len(files)))].tolist())
+    index = pd.DataFrame(
+        {
+            "clip_id": [f.removesuffix(".npy") for f in files],
+            "video_id": [f.removesuffix(".npy") for f in files],
+            "track_id": 0,
+            "start_frame": 0,
+            "mean_conf": [float(c[..., 2].mean()) for c in clips],
+            "split": ["test" if i in test else "train" for i in range(len(files))],
+            "mirrored": False,
+        }
+    )
+    meta = {"skeleton": skeleton, "fps": fps, "source": f"imported from MAS layout {mas_dir}"}
+    return write_motion_dataset(ws, name, clips, index, meta, conf_threshold)

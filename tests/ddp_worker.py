@@ -1,0 +1,20 @@
+"""Run by test_trainer.test_ddp_with_gloo_two_processes under torchrun: train, then check that the ranks agree."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from models.trainer import TrainConfig, train
+from storage import Workspace
+
+if __name__ == "__main__":
+    tiny = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, max_len=32, device="cpu")
+    cfg = TrainConfig(steps=4, batch_size=4, save_every=4, log_every=2, **tiny)
+    result = train(Workspace(sys.argv[1]), "synth", "ddp", cfg, progress=False)
+    params = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+    gathered = [torch.zeros_like(params) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, params)
+    same = all(torch.equal(gathered[0], g) for g in gathered)
+    print("RANK_DONE", dist.get_rank(), dist.get_world_size(), result.step, "in_sync" if same else "DIVERGED")
+    dist.destroy_process_group()
