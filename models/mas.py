@@ -1,0 +1,156 @@
+"""Multi-view Ancestral Sampling (Algorithm 1 of the MAS supplementary, with the seed's errata fixed).
+
+S samples x V views go through the denoiser as one batch per step. Each step: predict x̂0 for every view, triangulate
+one 3D motion per sample (closed form), re-project it (x̃0), and take the DDPM posterior step
+``x_{t-1} = μ̃(x_t, x̃0) + σ_t P_orth(ε_3D)`` with one 3D noise tensor shared by all views and projected
+orthographically (Theorem 1: an orthographic projection of N(0, I3) is N(0, I2)).
+
+The diffusion runs in the model's z-scored space; projection and triangulation run in data units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.checkpoint import TrainedModel
+from models.triangulation import triangulate
+from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project, rotation_matrix, view_azimuths
+
+
+class SamplingError(RuntimeError):
+    """Sampling produced unusable values or was asked for something impossible."""
+
+
+@dataclass(frozen=True)
+class MASConfig:
+    num_views: int = 5
+    elevation: float = DEFAULT_ELEVATION
+    distance: float = DEFAULT_DISTANCE
+    projection: str = "perspective"  # camera model of the motions; noise is always projected orthographically
+    steps: int | None = None  # respaced diffusion steps (None: all of the model's)
+    noise_3d: bool = True  # False: the "no 3D noise" ablation, independent noise per view
+    dynamic_views: bool = False  # seed appendix C: new random view offsets every step, history replayed
+    refine_iters: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_views < 2:
+            raise SamplingError(f"MAS needs at least 2 views to triangulate, got num_views={self.num_views}")
+        if self.projection not in ("perspective", "orthographic"):
+            raise SamplingError(f"unknown projection {self.projection!r}; use 'perspective' or 'orthographic'")
+        if self.dynamic_views and not self.noise_3d:
+            raise SamplingError(
+                "dynamic_views replays the shared 3D noise, so it cannot be combined with noise_3d=False"
+            )
+        if self.projection == "perspective" and self.distance <= 0:
+            raise SamplingError(f"camera distance must be positive, got {self.distance}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rotations(azimuths: torch.Tensor, elevation: float) -> torch.Tensor:
+    """``[..., V, 3, 3]`` rotations for azimuths ``[..., V]`` (float64 math, returned as float32 on their device)."""
+    rot = rotation_matrix(azimuths.detach().cpu().numpy(), elevation)
+    return torch.as_tensor(rot, dtype=torch.float32, device=azimuths.device)
+
+
+def _check_finite(name: str, value: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(value).all():
+        raise SamplingError(
+            f"{name} holds NaN or inf at diffusion step {step}: the checkpoint is broken or does not fit this data"
+        )
+
+
+@torch.no_grad()
+def mas_sample(
+    trained: TrainedModel,
+    num_samples: int,
+    length: int,
+    config: MASConfig | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample ``num_samples`` 3D motions ``[S, L, J, 3]`` (data units, y up) with MAS."""
+    cfg = config or MASConfig()
+    if num_samples < 1 or length < 1:
+        raise SamplingError(f"need num_samples >= 1 and length >= 1, got {num_samples} and {length}")
+    if length > trained.model.config.max_len:
+        raise SamplingError(f"length {length} exceeds the model's max_len {trained.model.config.max_len}")
+    device = trained.device
+    diffusion = trained.diffusion if cfg.steps is None else trained.diffusion.respaced(cfg.steps)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    joints = trained.model.config.num_joints
+    views = cfg.num_views
+    distance = cfg.distance if cfg.projection == "perspective" else None
+
+    base = torch.as_tensor(view_azimuths(views), dtype=torch.float32, device=device)
+    azimuths = base.expand(num_samples, views).clone()  # [S, V]
+    rot = _rotations(azimuths[0], cfg.elevation)  # shared views unless dynamic
+
+    def per_sample_project(points: torch.Tensor, rotations: torch.Tensor, mode: str, dist) -> torch.Tensor:
+        """Project ``[S, L, J, 3]`` into ``[S, V, L, J, 2]``; rotations ``[V,3,3]`` or per sample ``[S,V,3,3]``."""
+        if rotations.dim() == 3:
+            return project(points, rotations, dist, mode)
+        return torch.stack([project(points[s], rotations[s], dist, mode) for s in range(points.shape[0])])
+
+    def per_sample_triangulate(points: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        if rotations.dim() == 3:
+            return triangulate(points, rotations, distance, cfg.projection, refine_iters=cfg.refine_iters)
+        return torch.stack(
+            [
+                triangulate(points[s], rotations[s], distance, cfg.projection, refine_iters=cfg.refine_iters)
+                for s in range(points.shape[0])
+            ]
+        )
+
+    def draw_noise(rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps3d = torch.randn(num_samples, length, joints, 3, device=device, generator=generator)
+        if cfg.noise_3d:
+            return eps3d, per_sample_project(eps3d, rotations, "orthographic", None)
+        return eps3d, torch.randn(num_samples, views, length, joints, 2, device=device, generator=generator)
+
+    eps3d, x = draw_noise(rot)  # x_T: projected 3D noise, [S, V, L, J, 2] in z-space
+    history: list[tuple[int, torch.Tensor, torch.Tensor]] = [(-1, torch.empty(0), eps3d)]  # for dynamic views
+    motion = None
+    iterator = tqdm(reversed(range(diffusion.num_steps)), total=diffusion.num_steps, disable=not progress, desc="MAS")
+    for i in iterator:
+        t = torch.full((num_samples * views,), i, device=device, dtype=torch.long)
+        z0_hat = trained.model(x.reshape(-1, length, joints, 2), diffusion.model_timesteps(t))
+        _check_finite("the model's x0 prediction", z0_hat, i)
+        x0_hat = trained.denormalise(z0_hat.reshape(num_samples, views, length, joints, 2))
+        motion = per_sample_triangulate(x0_hat, rot)
+        _check_finite("the triangulated motion", motion, i)
+        z0_tilde = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
+        eps3d, noise = draw_noise(rot)
+        x = _posterior(diffusion, z0_tilde, x, i, noise)
+        history.append((i, motion, eps3d))
+        if cfg.dynamic_views and i > 0:
+            offset = torch.rand(num_samples, 1, device=device, generator=generator) * (2 * math.pi / views)
+            azimuths = base + offset
+            rot = _rotations(azimuths, cfg.elevation)
+            x = _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
+    final = per_sample_triangulate(trained.denormalise(x), rot)
+    _check_finite("the final motion", final, 0)
+    return final
+
+
+def _posterior(diffusion, z0: torch.Tensor, xt: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
+    """The DDPM posterior step for a whole ``[S, V, L, J, 2]`` block at one timestep index ``i``."""
+    coef_x0 = float(diffusion.posterior_coef_x0[i])
+    coef_xt = float(diffusion.posterior_coef_xt[i])
+    sigma = float(np.sqrt(diffusion.posterior_variance[i]))
+    return coef_x0 * z0 + coef_xt * xt + sigma * noise
+
+
+def _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance) -> torch.Tensor:
+    """x_t for new views, replayed from the saved 3D estimates and 3D noises (seed appendix C; no model calls)."""
+    x = per_sample_project(history[0][2], rot, "orthographic", None)
+    for i, motion, eps3d in history[1:]:
+        z0 = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
+        x = _posterior(diffusion, z0, x, i, per_sample_project(eps3d, rot, "orthographic", None))
+    return x
