@@ -136,27 +136,102 @@ def process(config: ConfigOpt, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, forc
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset name in the workspace.")],
+    run: Annotated[str | None, typer.Option(help="Run name (default: the dataset name).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 100_000,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-5,
+    max_len: Annotated[int, typer.Option(min=1, help="Frames per training window.")] = 120,
+    layers: Annotated[int, typer.Option(min=1)] = 8,
+    latent_dim: Annotated[int, typer.Option(min=8)] = 512,
+    save_every: Annotated[int, typer.Option(min=1)] = 1000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint of this run.")] = False,
+    seed: int = 0,
 ) -> None:
-    """Stage 5: train the 2D motion diffusion model."""
-    open_workspace(workspace)
-    not_ready("train", 5)
+    """Stage 5: train the 2D motion diffusion model (resumes from the run's last checkpoint)."""
+    from models.checkpoint import CheckpointError
+    from models.trainer import TrainConfig, TrainingDivergedError
+    from pipeline.train_stage import run_training
+    from storage.motion_dataset import DatasetFormatError
+
+    ws = open_workspace(workspace)
+    try:
+        cfg = TrainConfig(
+            steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, num_layers=layers, latent_dim=latent_dim,
+            save_every=save_every, device=device, compile=compile, seed=seed,
+        )  # fmt: skip
+        result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
+    except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f}, checkpoint {result.checkpoint}")
 
 
 @app.command()
 def sample(
     run: Annotated[str, typer.Option(help="Training run (checkpoint) name.")],
+    name: Annotated[str | None, typer.Option(help="Name of the sample set (default: <run>-<method>).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    method: Annotated[str, typer.Option(help="mas, or sds (the DreamFusion baseline).")] = "mas",
     num_samples: Annotated[int, typer.Option(min=1)] = 8,
+    length: Annotated[int | None, typer.Option(min=1, help="Frames per motion.")] = None,
     views: Annotated[int, typer.Option(min=2, help="Number of MAS views (at least 2).")] = 5,
+    distance: Annotated[float, typer.Option(min=0.0, help="Camera distance (data units).")] = 7.0,
+    elevation: Annotated[float, typer.Option(help="Camera elevation (radians).")] = 0.19634954084936207,
+    steps: Annotated[int | None, typer.Option(min=1, help="Diffusion steps (respaced).")] = None,
+    orthographic: Annotated[bool, typer.Option(help="Orthographic instead of perspective cameras.")] = False,
+    no_3d_noise: Annotated[bool, typer.Option(help="Ablation: independent noise per view.")] = False,
+    dynamic_views: Annotated[bool, typer.Option(help="Re-sample views every step (appendix C).")] = False,
+    sds_iterations: Annotated[int, typer.Option(min=1)] = 1000,
+    annealed: Annotated[bool, typer.Option(help="SDS: anneal t from T to 0.")] = False,
+    render: Annotated[int, typer.Option(min=0, help="Render this many samples as mp4 + views PNG.")] = 2,
+    device: str = "auto",
+    seed: int = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Stage 6: sample 3D motions with Multi-view Ancestral Sampling (or the SDS baseline)."""
+    from models.checkpoint import CheckpointError
+    from models.mas import MASConfig, SamplingError
+    from models.sds import SDSConfig
+    from pipeline.sample_stage import run_sampling
+
+    ws = open_workspace(workspace)
+    projection = "orthographic" if orthographic else "perspective"
+    try:
+        mas_cfg = MASConfig(num_views=views, elevation=elevation, distance=distance, projection=projection,
+                            steps=steps, noise_3d=not no_3d_noise, dynamic_views=dynamic_views)  # fmt: skip
+        sds_cfg = SDSConfig(iterations=sds_iterations, elevation=elevation, distance=distance, projection=projection,
+                            annealed=annealed)  # fmt: skip
+        result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
+                              length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, render=render,
+                              force=force)  # fmt: skip
+    except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s"
+    typer.echo(f"{len(result.motions)} motions {tuple(result.motions.shape)}{note}")
+    for path in result.paths:
+        typer.echo(f"  {path}")
+
+
+@app.command()
+def synthetic(
+    name: Annotated[str, typer.Option(help="Dataset name.")] = "synthetic",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    num_motions: Annotated[int, typer.Option(min=2)] = 2000,
+    length: Annotated[int, typer.Option(min=8)] = 60,
     seed: int = 0,
 ) -> None:
-    """Stage 6: sample 3D motions with Multi-view Ancestral Sampling."""
-    open_workspace(workspace)
-    not_ready("sample", 6)
+    """Build a 2D dataset from procedural 3D motions (one random view each), keeping the 3D as ground truth."""
+    from pipeline.synthetic import build_synthetic_dataset
+
+    ws = open_workspace(workspace)
+    paths = build_synthetic_dataset(ws, name, num_motions=num_motions, length=length, seed=seed)
+    typer.echo(f"dataset {name}: {num_motions} clips of {length} frames in {ws.dataset_dir(name)}")
+    for path in paths:
+        typer.echo(f"  {path}")
 
 
 @app.command()

@@ -88,6 +88,8 @@ _COCO17_CHAINS = [
     ["left_shoulder", "left_hip", "left_knee", "left_ankle"],
     ["right_shoulder", "right_hip", "right_knee", "right_ankle"],
     ["left_hip", "right_hip"],
+    ["left_ear", "left_shoulder"],
+    ["right_ear", "right_shoulder"],
 ]
 COCO17 = Skeleton(
     name="coco17",

@@ -1,0 +1,32 @@
+"""Stage 5: train the 2D motion diffusion model on a dataset of the workspace, recording the run in the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from models.trainer import TrainConfig, TrainResult, train
+from storage import Catalog, Workspace
+
+
+def run_training(
+    ws: Workspace, dataset: str, run: str, config: TrainConfig, *, resume: bool = True, progress: bool = True
+) -> TrainResult:
+    """Train (resuming when a checkpoint exists) and record the checkpoint as done or failed in the catalog."""
+    catalog = Catalog(ws)
+    catalog.mark_running("checkpoint", run, dataset=dataset)
+    try:
+        result = train(ws, dataset, run, config, resume=resume, progress=progress)
+    except BaseException as exc:
+        catalog.mark_failed("checkpoint", run, exc, dataset=dataset)
+        raise
+    outputs = [result.checkpoint, result.metrics_csv] + ([result.loss_plot] if result.loss_plot else [])
+    catalog.mark_done(
+        "checkpoint",
+        run,
+        key=None,
+        outputs=outputs,
+        params=asdict(config),
+        meta={"dataset": dataset, "step": result.step, "final_loss": result.final_loss,
+              "samples_per_s": round(result.samples_per_s, 1)},
+    )  # fmt: skip
+    return result
