@@ -110,7 +110,7 @@ def body_size(xy: np.ndarray, valid: np.ndarray) -> float:
     if not frames.any():
         raise ValueError("cannot measure body size: no frame has two or more confident joints")
     w = valid[frames][..., None].astype(np.float64)
-    pts = xy[frames].astype(np.float64)
+    pts = np.where(w > 0, xy[frames], 0.0).astype(np.float64)  # NaNs of invalid joints must not leak in
     centroid = (pts * w).sum(1, keepdims=True) / w.sum(1, keepdims=True)
     rms = np.sqrt((((pts - centroid) ** 2).sum(-1) * w[..., 0]).sum(1) / w[..., 0].sum(1))
     return float(np.median(rms))

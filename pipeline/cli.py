@@ -128,9 +128,18 @@ def pose(
 @app.command()
 def process(config: ConfigOpt, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, force: ForceOpt = False) -> None:
     """Stage 4: turn tracked poses into a confidence-weighted 2D motion dataset."""
-    read_config(config)
-    open_workspace(workspace)
-    not_ready("process", 4)
+    from pipeline.dataset_stage import build_dataset
+
+    cfg = read_config(config)
+    ws = open_workspace(workspace)
+    try:
+        result = build_dataset(ws, cfg, force=force)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    note = " (already up to date; --force to rebuild)" if result.skipped else ""
+    typer.echo(f"dataset {result.name}: {result.num_clips} clips{note}; dropped {result.dropped}")
+    typer.echo(f"  card: {ws.dataset_dir(result.name)}/card.md")
 
 
 @app.command()

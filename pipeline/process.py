@@ -1,0 +1,352 @@
+"""Stage 4: tracked 2D poses → a confidence-weighted 2D motion dataset.
+
+Each step is a small function with its parameters in the dataset config (``process:``):
+
+1. :func:`tracks_from_poses`  one array per (video, track): frames ``[N]``, boxes ``[N, 4]``, keypoints ``[N, J, 3]``
+2. :func:`crowd_mask`         drop tracks that spend most frames among too many overlapping tracks
+3. :func:`split_track`        split at frame gaps and at jumps of the root (identity switches)
+4. :func:`resample`           to the dataset fps (linear in time; confidence: the lower neighbour)
+5. :func:`hampel`             reject outliers (confidence set to 0, so the loss masks them)
+6. :func:`fill_gaps`          interpolate short low-confidence gaps; confidences stay low (masked in the loss)
+7. :func:`smooth`             Savitzky-Golay, Butterworth or one-euro on x, y
+8. :func:`cut_clips`          cut into clips of ``clip_min_frames .. clip_max_frames``
+9. filters                    short, low mean confidence, static
+10. normalise                 :func:`pipeline.cameras.normalize_2d` (shared with MAS and evaluation)
+11. split by video (seeded), mirror train clips, write dataset + card
+
+Every dropped track or clip is counted by reason in the dataset card.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from scipy.signal import butter, filtfilt, savgol_filter
+
+from pipeline.cameras import normalize_2d
+from pipeline.config import ProcessConfig
+from pipeline.skeletons import Skeleton, mirror
+from storage.tables import BOX_COLUMNS, keypoints_of
+
+
+@dataclass
+class Track:
+    video_id: str
+    track_id: int
+    frames: np.ndarray  # [N] int, increasing
+    boxes: np.ndarray  # [N, 4]
+    keypoints: np.ndarray  # [N, J, 3] pixels (x, y, conf); NaN where unknown
+    start_frame: int = 0  # first frame in the video's own frame numbering
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def tracks_from_poses(frame: pd.DataFrame, skeleton: Skeleton) -> list[Track]:
+    """Group a poses table into tracks, sorted by frame; duplicate (frame, track) rows keep the first."""
+    if frame.empty:
+        return []
+    frame = frame.sort_values(["track_id", "frame"]).drop_duplicates(["track_id", "frame"])
+    keypoints = keypoints_of(frame, skeleton.joints)
+    boxes = frame[BOX_COLUMNS].to_numpy(np.float32)
+    tracks = []
+    for track_id, rows in frame.groupby("track_id", sort=True).indices.items():
+        frames = frame["frame"].to_numpy()[rows]
+        tracks.append(Track(str(frame["video_id"].iat[rows[0]]), int(track_id), frames, boxes[rows],
+                            keypoints[rows].copy(), int(frames[0])))  # fmt: skip
+    return tracks
+
+
+def _overlaps(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    ix = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
+    iy = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
+    return (ix > 0) & (iy > 0)
+
+
+def crowd_mask(tracks: list[Track], max_overlapping: int) -> np.ndarray:
+    """True for tracks that, in more than half their frames, overlap ``max_overlapping`` or more other tracks."""
+    by_frame: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, track in enumerate(tracks):
+        for f, box in zip(track.frames, track.boxes, strict=True):
+            by_frame.setdefault(int(f), []).append((i, box))
+    crowded_frames = np.zeros(len(tracks))
+    for entries in by_frame.values():
+        if len(entries) <= max_overlapping:
+            continue
+        boxes = np.stack([b for _, b in entries])
+        for i, box in entries:
+            overlapping = _overlaps(box, boxes).sum() - 1  # minus itself
+            crowded_frames[i] += overlapping >= max_overlapping
+    lengths = np.array([max(len(t), 1) for t in tracks])
+    return crowded_frames / lengths > 0.5
+
+
+def _root_and_size(keypoints: np.ndarray, skeleton: Skeleton, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame root position ``[N, 2]`` and body size ``[N]`` (RMS spread of confident body joints); NaN if unseen."""
+    xy, conf = keypoints[..., :2], keypoints[..., 2]
+    ok = (conf >= threshold) & np.isfinite(xy).all(-1)
+    root_ok = ok[:, list(skeleton.root)].all(-1)
+    root_xy = np.where(root_ok[:, None, None], xy[:, list(skeleton.root)], 0.0).mean(1)
+    root = np.where(root_ok[:, None], root_xy, np.nan)
+    body = skeleton.body_joints
+    w = ok[:, body]
+    count = w.sum(1)
+    safe = np.where(w[..., None], xy[:, body], 0.0)
+    centroid = safe.sum(1) / np.maximum(count, 1)[:, None]
+    spread = np.sqrt((((safe - centroid[:, None]) ** 2).sum(-1) * w).sum(1) / np.maximum(count, 1))
+    return root, np.where(count >= 2, spread, np.nan)
+
+
+def split_track(track: Track, skeleton: Skeleton, cfg: ProcessConfig) -> list[Track]:
+    """Split at frame gaps longer than ``max_gap_frames`` and where the root jumps more than ``max_jump`` body
+    heights in one frame (tracking identity switches)."""
+    if len(track) < 2:
+        return [track]
+    root, size = _root_and_size(track.keypoints, skeleton, cfg.conf_threshold)
+    height = np.nanmedian(size) * 4 if np.isfinite(size).any() else np.nan
+    cuts = []
+    for k in range(1, len(track)):
+        gap = track.frames[k] - track.frames[k - 1]
+        jump = np.linalg.norm(root[k] - root[k - 1]) / height if np.isfinite(height) else np.nan
+        if gap > cfg.max_gap_frames + 1 or (np.isfinite(jump) and jump > cfg.max_jump * gap):
+            cuts.append(k)
+    pieces, start = [], 0
+    for cut in [*cuts, len(track)]:
+        idx = slice(start, cut)
+        pieces.append(replace(track, frames=track.frames[idx], boxes=track.boxes[idx],
+                              keypoints=track.keypoints[idx], start_frame=int(track.frames[start])))  # fmt: skip
+        start = cut
+    return pieces
+
+
+def resample(track: Track, src_fps: float, dst_fps: float) -> Track:
+    """Resample to ``dst_fps`` on a regular grid (also fills missing frames); confidence takes the lower neighbour
+    and frames more than one source frame from any observation get confidence 0."""
+    t_src = (track.frames - track.frames[0]) / src_fps
+    n = int(np.floor(t_src[-1] * dst_fps + 1e-9)) + 1
+    t_dst = np.arange(n) / dst_fps
+    kp = track.keypoints
+    out = np.empty((n, kp.shape[1], 3), np.float32)
+    hi = np.clip(np.searchsorted(t_src, t_dst, side="left"), 0, len(t_src) - 1)
+    lo = np.clip(hi - 1, 0, len(t_src) - 1)
+    exact = np.isclose(t_src[hi], t_dst)
+    lo = np.where(exact, hi, lo)
+    span = np.where(hi == lo, 1.0, t_src[hi] - t_src[lo])
+    w = np.where(hi == lo, 0.0, (t_dst - t_src[lo]) / span)[:, None, None]
+    out[..., :2] = (1 - w) * kp[lo, :, :2] + w * kp[hi, :, :2]
+    far = (t_src[hi] - t_src[lo]) > 1.5 / src_fps
+    out[..., 2] = np.where(far[:, None], 0.0, np.minimum(kp[lo, :, 2], kp[hi, :, 2]))
+    boxes = (1 - w[:, :, 0]) * track.boxes[lo] + w[:, :, 0] * track.boxes[hi]
+    frames = track.frames[0] + np.round(t_dst * src_fps).astype(int)
+    return replace(track, frames=frames, boxes=boxes, keypoints=out)
+
+
+def hampel(track: Track, window: int = 7, n_sigmas: float = 3.0) -> tuple[Track, int]:
+    """Outliers (beyond ``n_sigmas`` robust deviations from the rolling median) get confidence 0 and the median's
+    position. Returns the track and the number of rejected joint positions."""
+    kp = track.keypoints.copy()
+    half = window // 2
+    n = len(kp)
+    if n < 3:
+        return track, 0
+    xy = kp[..., :2]
+    pad = np.pad(xy, ((half, half), (0, 0), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(pad, window, axis=0)[:n]  # [N, J, 2, W]
+    with warnings.catch_warnings():  # joints never seen in a window give all-NaN slices: no outlier there
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(windows, axis=-1)
+        mad = 1.4826 * np.nanmedian(np.abs(windows - med[..., None]), axis=-1)
+    with np.errstate(invalid="ignore"):
+        outlier = (np.abs(xy - med) > n_sigmas * np.maximum(mad, 1e-6)).any(-1) & (kp[..., 2] > 0)
+    kp[..., :2] = np.where(outlier[..., None], med, xy)
+    kp[..., 2] = np.where(outlier, 0.0, kp[..., 2])
+    return replace(track, keypoints=kp), int(outlier.sum())
+
+
+def fill_gaps(track: Track, threshold: float, max_gap: int) -> Track:
+    """Linearly interpolate runs of at most ``max_gap`` low-confidence frames per joint from confident neighbours.
+    Confidences are left as they were, so the loss still masks what was invented."""
+    kp = track.keypoints.copy()
+    n = len(kp)
+    for j in range(kp.shape[1]):
+        ok = (kp[:, j, 2] >= threshold) & np.isfinite(kp[:, j, :2]).all(-1)
+        if ok.all() or ok.sum() < 2:
+            continue
+        bad = np.flatnonzero(~ok)
+        runs = np.split(bad, np.flatnonzero(np.diff(bad) > 1) + 1)
+        good = np.flatnonzero(ok)
+        for run in runs:
+            if len(run) > max_gap or run[0] == 0 or run[-1] == n - 1:
+                continue
+            for axis in (0, 1):
+                kp[run, j, axis] = np.interp(run, good, kp[good, j, axis])
+    return replace(track, keypoints=kp)
+
+
+def one_euro(x: np.ndarray, fps: float, min_cutoff: float = 1.0, beta: float = 0.01, d_cutoff: float = 1.0):
+    """One-euro filter along axis 0."""
+
+    def alpha(cutoff):
+        tau = 1.0 / (2 * np.pi * cutoff)
+        return 1.0 / (1.0 + tau * fps)
+
+    out = np.empty_like(x)
+    out[0] = x[0]
+    dx_prev = np.zeros_like(x[0])
+    for i in range(1, len(x)):
+        dx = (x[i] - out[i - 1]) * fps
+        dx_hat = alpha(d_cutoff) * dx + (1 - alpha(d_cutoff)) * dx_prev
+        cutoff = min_cutoff + beta * np.abs(dx_hat)
+        a = alpha(cutoff)
+        out[i] = a * x[i] + (1 - a) * out[i - 1]
+        dx_prev = dx_hat
+    return out
+
+
+def smooth(track: Track, method: str, window: int, fps: float) -> Track:
+    """Smooth x, y of every joint over time; NaNs (never-seen joints) are left alone."""
+    kp = track.keypoints.copy()
+    xy = kp[..., :2]
+    if method == "none" or len(kp) < 4:
+        return track
+    finite = np.isfinite(xy).all(axis=(0, 2))
+    data = xy[:, finite]
+    if method == "savgol":
+        win = min(window if window % 2 else window + 1, len(kp) if len(kp) % 2 else len(kp) - 1)
+        if win > 2:
+            data = savgol_filter(data, win, polyorder=min(2, win - 1), axis=0)
+    elif method == "butterworth":
+        cutoff = min(0.99, 2.0 * (fps / window) / fps)
+        b, a = butter(2, cutoff)
+        if len(kp) > 3 * max(len(a), len(b)):
+            data = filtfilt(b, a, data, axis=0)
+    elif method == "one_euro":
+        data = one_euro(data, fps)
+    else:
+        raise ValueError(f"unknown smoothing {method!r}")
+    xy[:, finite] = data
+    kp[..., :2] = xy
+    return replace(track, keypoints=kp)
+
+
+def cut_clips(track: Track, min_len: int, max_len: int) -> list[Track]:
+    """Consecutive pieces of ``max_len`` frames; a remainder of at least ``min_len`` frames is kept too."""
+    clips = []
+    for start in range(0, len(track), max_len):
+        stop = min(start + max_len, len(track))
+        if stop - start >= min_len:
+            idx = slice(start, stop)
+            clips.append(replace(track, frames=track.frames[idx], boxes=track.boxes[idx],
+                                 keypoints=track.keypoints[idx], start_frame=int(track.frames[start])))  # fmt: skip
+    return clips
+
+
+def motion_amount(clip: np.ndarray, threshold: float) -> float:
+    """Mean over confident joints of the temporal standard deviation of normalised positions (data units)."""
+    ok = clip[..., 2] >= threshold
+    values = np.where(ok[..., None], clip[..., :2], np.nan)
+    with warnings.catch_warnings():  # joints never confident give all-NaN columns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(values, axis=0)
+    return float(np.nanmean(std)) if np.isfinite(std).any() else 0.0
+
+
+@dataclass
+class ProcessedClips:
+    clips: list[np.ndarray]  # [L, J, 3] normalised x, y + original confidence
+    index: pd.DataFrame
+    dropped: Counter
+    stats: dict
+
+
+def process_tracks(
+    tracks: list[Track], skeleton: Skeleton, cfg: ProcessConfig, src_fps: float, dst_fps: float
+) -> ProcessedClips:
+    """Run steps 2-10 on the tracks of one or more videos; returns normalised clips with index rows (no split yet)."""
+    dropped: Counter = Counter()
+    stats = {"outliers_rejected": 0, "tracks_in": len(tracks)}
+    clips, rows = [], []
+    crowded = crowd_mask(tracks, cfg.max_overlapping_tracks) if tracks else np.zeros(0, bool)
+    for track, is_crowded in zip(tracks, crowded, strict=True):
+        if track.keypoints.shape[1] != skeleton.num_joints:
+            raise ValueError(
+                f"video {track.video_id}: poses have {track.keypoints.shape[1]} joints but skeleton "
+                f"{skeleton.name} has {skeleton.num_joints}; re-run pose with the right skeleton"
+            )
+        if is_crowded:
+            dropped["crowd"] += 1
+            continue
+        for piece in split_track(track, skeleton, cfg):
+            if len(piece) < 2:
+                dropped["too_short"] += 1
+                continue
+            piece = resample(piece, src_fps, dst_fps)
+            if len(piece) < cfg.min_track_frames:
+                dropped["too_short"] += 1
+                continue
+            piece, rejected = hampel(piece)
+            stats["outliers_rejected"] += rejected
+            piece = fill_gaps(piece, cfg.conf_threshold, cfg.max_gap_frames)
+            piece = smooth(piece, cfg.smoothing, cfg.smoothing_window, dst_fps)
+            for clip in cut_clips(piece, cfg.clip_min_frames, cfg.clip_max_frames):
+                conf = clip.keypoints[..., 2]
+                body_conf = conf[:, skeleton.body_joints]
+                if float(np.mean(body_conf)) < cfg.min_mean_conf:
+                    dropped["low_confidence"] += 1
+                    continue
+                try:
+                    xy, _, _ = normalize_2d(clip.keypoints[..., :2], conf, skeleton.root, skeleton.body_joints,
+                                            cfg.conf_threshold, y_down=True)  # fmt: skip
+                except ValueError:
+                    dropped["no_confident_body"] += 1
+                    continue
+                data = np.concatenate([xy, conf[..., None]], -1).astype(np.float32)
+                data[..., :2] = np.where(np.isfinite(data[..., :2]), data[..., :2], 0.0)  # unseen joints: masked
+                data[..., 2] = np.where(np.isfinite(data[..., 2]), data[..., 2], 0.0)
+                if motion_amount(data, cfg.conf_threshold) < cfg.min_motion:
+                    dropped["static"] += 1
+                    continue
+                clips.append(data)
+                rows.append({"video_id": clip.video_id, "track_id": clip.track_id, "start_frame": clip.start_frame,
+                             "mean_conf": float(body_conf.mean()), "mirrored": False})  # fmt: skip
+    index = pd.DataFrame(rows, columns=["video_id", "track_id", "start_frame", "mean_conf", "mirrored"])
+    return ProcessedClips(clips, index, dropped, stats)
+
+
+def split_by_video(video_ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """Assign whole videos to train/test with a fixed seed (no clip of a test video is ever trained on)."""
+    unique = sorted(set(video_ids))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    n_test = int(round(test_fraction * len(unique)))
+    if test_fraction > 0 and len(unique) >= 2:
+        n_test = max(1, min(n_test, len(unique) - 1))
+    test = {unique[i] for i in order[:n_test]}
+    return {v: ("test" if v in test else "train") for v in unique}
+
+
+def finalize(
+    processed: ProcessedClips, skeleton: Skeleton, cfg: ProcessConfig
+) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Split by video, add mirrored copies of train clips, and give every clip an id."""
+    index = processed.index.copy()
+    splits = split_by_video(index["video_id"].tolist(), cfg.test_fraction, cfg.seed)
+    index["split"] = index["video_id"].map(splits)
+    clips = list(processed.clips)
+    if cfg.mirror:
+        train_rows = index.index[index["split"] == "train"]
+        mirrored = index.loc[train_rows].copy()
+        mirrored["mirrored"] = True
+        clips += [mirror(processed.clips[i], skeleton) for i in train_rows]
+        index = pd.concat([index, mirrored], ignore_index=True)
+    index["clip_id"] = [
+        f"{v}-t{t}-f{f}{'-m' if m else ''}"
+        for v, t, f, m in zip(
+            index["video_id"], index["track_id"], index["start_frame"], index["mirrored"], strict=True
+        )
+    ]
+    return clips, index

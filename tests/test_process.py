@@ -1,0 +1,186 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cameras import project, rotation_matrix
+from pipeline.config import DatasetConfig, ProcessConfig
+from pipeline.dataset_stage import build_dataset
+from pipeline.process import (
+    Track,
+    crowd_mask,
+    cut_clips,
+    fill_gaps,
+    finalize,
+    hampel,
+    process_tracks,
+    resample,
+    smooth,
+    split_by_video,
+    split_track,
+    tracks_from_poses,
+)
+from pipeline.skeletons import COCO17, NBA16, mirror
+from pipeline.synthetic import generate_motion
+from storage import Catalog, Workspace
+from storage.motion_dataset import export_mas_layout, import_mas_layout, open_motion_dataset
+from storage.tables import poses_frame, read_poses, write_poses
+
+CFG = ProcessConfig(min_track_frames=20, clip_min_frames=20, clip_max_frames=40, max_gap_frames=4, min_motion=0.02)
+
+
+def pixel_track(seed=0, length=90, kind="walk", offset=(640.0, 360.0), video="v0", track_id=1, scale=300.0) -> Track:
+    """A real-looking track: a procedural 3D motion seen from a camera, in pixels (y down)."""
+    rng = np.random.default_rng(seed)
+    motion = generate_motion(rng, length, 30.0, kind)
+    xy = project(motion - motion.mean((0, 1)), rotation_matrix([0.5], 0.1), distance=7.0)[0]
+    pixels = xy * np.array([scale, -scale]) + np.array(offset)
+    keypoints = np.concatenate([pixels, np.full((length, 17, 1), 0.9)], -1).astype(np.float32)
+    boxes = np.concatenate([pixels.min(1) - 10, pixels.max(1) + 10], -1)
+    return Track(video, track_id, np.arange(length), boxes, keypoints)
+
+
+def test_tracks_from_poses_roundtrip():
+    a, b = pixel_track(0, track_id=1), pixel_track(1, track_id=2)
+    frame = pd.concat([poses_frame("v0", t.frames, np.full(len(t), t.track_id), t.boxes, t.keypoints, COCO17.joints)
+                       for t in (b, a)])  # fmt: skip
+    tracks = tracks_from_poses(frame.sample(frac=1, random_state=0), COCO17)
+    assert [t.track_id for t in tracks] == [1, 2]
+    np.testing.assert_allclose(tracks[0].keypoints, a.keypoints)
+    with pytest.raises(ValueError, match="does not match the skeleton"):
+        tracks_from_poses(frame, NBA16)
+
+
+def test_a_jump_gets_split_and_a_gap_too():
+    a, b = pixel_track(0, 60), pixel_track(1, 60, offset=(2200.0, 300.0))  # another person, far away
+    joined = Track("v0", 1, np.arange(120), np.concatenate([a.boxes, b.boxes]),
+                   np.concatenate([a.keypoints, b.keypoints]))  # fmt: skip
+    pieces = split_track(joined, COCO17, CFG)
+    assert [len(p) for p in pieces] == [60, 60] and pieces[1].start_frame == 60
+    gappy = Track("v0", 1, np.r_[np.arange(50), np.arange(70, 120)], joined.boxes[:100], joined.keypoints[:100])
+    gappy.keypoints[50:] = a.keypoints[:50]  # continuous positions, but 20 frames missing
+    assert [len(p) for p in split_track(gappy, COCO17, CFG)] == [50, 50]
+    assert len(split_track(a, COCO17, CFG)) == 1  # a normal walk is never split
+
+
+def test_a_short_gap_gets_filled_and_stays_masked():
+    track = pixel_track(2, 60)
+    truth = track.keypoints.copy()
+    broken = track.keypoints.copy()
+    wrist = COCO17.index("left_wrist")
+    broken[20:23, wrist, :2] = 0.0  # the detector's (0, 0) for a missed joint
+    broken[20:23, wrist, 2] = 0.05
+    broken[40:50, wrist, 2] = 0.05  # too long to fill
+    broken[40:50, wrist, :2] = 0.0
+    filled = fill_gaps(Track("v", 1, track.frames, track.boxes, broken), threshold=0.3, max_gap=4)
+    np.testing.assert_allclose(filled.keypoints[20:23, wrist, :2], truth[20:23, wrist, :2], atol=6.0)
+    assert (filled.keypoints[20:23, wrist, 2] == np.float32(0.05)).all()  # still masked in the loss
+    assert (filled.keypoints[40:50, wrist, :2] == 0).all()  # long gap left alone (masked)
+
+
+def test_hampel_rejects_a_spike_and_smoothing_keeps_shape():
+    track = pixel_track(3, 60)
+    spiky = track.keypoints.copy()
+    spiky[30, 5, :2] += 400
+    cleaned, rejected = hampel(Track("v", 1, track.frames, track.boxes, spiky))
+    assert rejected >= 1 and cleaned.keypoints[30, 5, 2] == 0.0
+    assert np.abs(cleaned.keypoints[30, 5, :2] - track.keypoints[30, 5, :2]).max() < 30
+    for method in ("savgol", "butterworth", "one_euro"):
+        out = smooth(track, method, 7, 30.0)
+        assert np.abs(out.keypoints[..., :2] - track.keypoints[..., :2]).mean() < 5.0, method
+    with pytest.raises(ValueError):
+        smooth(track, "kalman", 7, 30.0)
+
+
+def test_resample_halves_and_cut_clips():
+    track = pixel_track(4, 91)
+    half = resample(track, 60.0, 30.0)
+    assert len(half) == 46
+    np.testing.assert_allclose(half.keypoints[1], track.keypoints[2], atol=1e-4)
+    clips = cut_clips(track, 20, 40)
+    assert [len(c) for c in clips] == [40, 40] and clips[1].start_frame == 40  # 11-frame remainder dropped
+
+
+def test_crowd_scene_is_dropped_and_lone_tracks_kept():
+    crowd = [pixel_track(i, 40, "arm_swing", offset=(640.0 + 5 * i, 360.0), track_id=i) for i in range(8)]
+    loner = pixel_track(9, 40, offset=(100.0, 100.0), track_id=99, scale=60)
+    mask = crowd_mask([*crowd, loner], max_overlapping=4)
+    assert mask[:8].all() and not mask[8]
+
+
+def test_process_tracks_counts_drops_and_handles_nans():
+    walk = pixel_track(5, 90)
+    static = pixel_track(6, 90, track_id=2, offset=(100.0, 100.0), scale=80)
+    static.keypoints[:] = static.keypoints[:1]  # frozen person
+    dim = pixel_track(7, 90, track_id=3, offset=(1200.0, 360.0), scale=80)
+    dim.keypoints[..., 2] = 0.1
+    short = pixel_track(8, 10, track_id=4, offset=(1200.0, 100.0), scale=80)
+    nan_track = pixel_track(9, 90, track_id=5, offset=(300.0, 600.0), scale=80)
+    nan_track.keypoints[:, 0, :] = np.nan  # a joint the backend never predicted
+    result = process_tracks([walk, static, dim, short, nan_track], COCO17, CFG, 30.0, 30.0)
+    assert result.dropped["static"] >= 1 and result.dropped["low_confidence"] >= 1 and result.dropped["too_short"] == 1
+    assert len(result.clips) == 4  # walk and nan_track, two 40-frame clips each
+    for clip in result.clips:
+        assert np.isfinite(clip).all() and clip.shape[1:] == (17, 3)
+    assert (result.clips[-1][:, 0, 2] == 0).all()  # the never-seen joint is masked, not invented
+
+
+def test_mirrored_clips_and_split_by_video():
+    tracks = [pixel_track(i, 60, video=f"vid{i}", track_id=1) for i in range(6)]
+    processed = process_tracks(tracks, COCO17, CFG, 30.0, 30.0)
+    clips, index = finalize(processed, COCO17, ProcessConfig(**{**CFG.model_dump(), "test_fraction": 0.34}))
+    by_video = index.groupby("video_id")["split"].nunique()
+    assert (by_video == 1).all()  # no video in both splits
+    assert set(index["split"]) == {"train", "test"}
+    assert not index.loc[index["split"] == "test", "mirrored"].any()
+    original = index[(index["split"] == "train") & ~index["mirrored"]].index[0]
+    twin = index[(index["mirrored"]) & (index["start_frame"] == index.at[original, "start_frame"])
+                 & (index["video_id"] == index.at[original, "video_id"])].index[0]  # fmt: skip
+    np.testing.assert_array_equal(mirror(clips[twin], COCO17), clips[original])
+    assert split_by_video(["a", "b", "c"], 0.34, 1) == split_by_video(["c", "b", "a"], 0.34, 1)
+
+
+def _write_video_poses(ws, video_id, tracks, fps=30.0, skeleton=COCO17):
+    frame = pd.concat([poses_frame(video_id, t.frames, np.full(len(t), t.track_id), t.boxes, t.keypoints,
+                                   skeleton.joints) for t in tracks])  # fmt: skip
+    path = write_poses(ws, video_id, frame, {"skeleton": skeleton.name, "fps": fps})
+    Catalog(ws).mark_done("poses", video_id, key=f"k-{video_id}", outputs=[path])
+
+
+def test_build_dataset_end_to_end_and_mas_layout(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    for v in range(4):
+        _write_video_poses(ws, f"video{v}", [pixel_track(10 + v, 100, video=f"video{v}"),
+                                              pixel_track(20 + v, 80, video=f"video{v}", track_id=2,
+                                                          offset=(150.0, 150.0), scale=100)])  # fmt: skip
+    frame, meta = read_poses(ws, "video0")
+    assert meta["skeleton"] == "coco17" and len(frame) == 180
+    config = DatasetConfig(name="toy", skeleton="coco17", fps=30, sources=[{"kind": "local", "value": "x"}],
+                           process=ProcessConfig(**{**CFG.model_dump(), "test_fraction": 0.25}))  # fmt: skip
+    result = build_dataset(ws, config)
+    assert result.num_clips > 8 and not result.skipped
+    names = {p.rsplit("/", 1)[1] for p in result.paths}
+    assert {"clips.npy", "index.parquet", "card.md", "card.json", "preview.png", "confidence.png"} <= names
+    again = build_dataset(ws, config)
+    assert again.skipped
+    dataset = open_motion_dataset(ws, "toy")
+    assert dataset.num_joints == 17 and dataset.mean.shape == (17, 2)
+    assert set(dataset.index["split"]) == {"train", "test"}
+    out = export_mas_layout(dataset, str(tmp_path / "mas"))
+    import_mas_layout(ws, "toy-imported", out, "coco17", 30.0, 0.3)
+    imported = open_motion_dataset(ws, "toy-imported")
+    assert len(imported.index) == len(dataset.index)
+    np.testing.assert_allclose(np.sort(imported.clips[..., 0].ravel()), np.sort(dataset.clips[..., 0].ravel()))
+    with pytest.raises(ValueError, match="no finished poses"):
+        build_dataset(ws, config, video_ids=["nope"])
+
+
+def test_skeleton_mismatch_videos_are_counted(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    _write_video_poses(ws, "good", [pixel_track(1, 90, video="good")])
+    nba = pixel_track(2, 90, video="bad")
+    nba.keypoints = nba.keypoints[:, :16]
+    _write_video_poses(ws, "bad", [nba], skeleton=NBA16)
+    config = DatasetConfig(name="mixed", skeleton="coco17", fps=30, sources=[{"kind": "local", "value": "x"}],
+                           process=CFG)  # fmt: skip
+    result = build_dataset(ws, config)
+    assert result.dropped["skeleton_mismatch_videos"] == 1 and result.num_clips >= 2
