@@ -86,17 +86,50 @@ def status(
     Console().print(table if count else "nothing recorded yet")
 
 
+def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> list[str]:
+    catalog = Catalog(ws)
+    done = [r.id for r in catalog.records(kind) if r.status == "done"]
+    if wanted:
+        unknown = [v for v in wanted if v not in done]
+        if unknown:
+            fail(f"no finished {kind} record for {unknown}; `mas status -w {ws.url}` lists what exists")
+        return list(wanted)
+    if not done:
+        fail(f"nothing to do: no finished {kind} records in {ws.url}")
+    return done
+
+
+def _report(rows: list[tuple[str, str, str]], title: str) -> None:
+    table = Table("video", "status", "detail", title=title)
+    for video_id, state, detail in rows:
+        colour = {"done": "green", "failed": "red"}.get(state, "yellow")
+        table.add_row(video_id, f"[{colour}]{state}[/]", detail)
+    Console().print(table)
+
+
 @app.command()
 def download(
     config: ConfigOpt,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
-    source: Annotated[list[str] | None, typer.Option(help="Extra URL, playlist, URL file or local path.")] = None,
-    force: ForceOpt = False,
+    source: Annotated[list[str] | None, typer.Option(help="Extra URL or local path (repeatable).")] = None,
 ) -> None:
-    """Stage 1: download or import videos into the workspace."""
-    read_config(config)
-    open_workspace(workspace)
-    not_ready("download", 3)
+    """Stage 1: download or import videos into the workspace (deduplicated by content)."""
+    from pathlib import Path as _Path
+
+    from pipeline.config import Source
+    from pipeline.download import download_all
+
+    cfg = read_config(config)
+    ws = open_workspace(workspace)
+    extra = [Source(kind="local" if _Path(s).exists() else "url", value=s) for s in source or []]
+    try:
+        results = download_all(ws, [*cfg.sources, *extra], cfg.download)
+    except (FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    _report([(r.video_id, r.status, r.error or r.source) for r in results], "download")
+    if results and all(r.status == "failed" for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -107,9 +140,14 @@ def track(
     force: ForceOpt = False,
 ) -> None:
     """Stage 2: detect and track subjects in every video."""
-    read_config(config)
-    open_workspace(workspace)
-    not_ready("track", 3)
+    from pipeline.detect_track import track_video
+
+    cfg = read_config(config)
+    ws = open_workspace(workspace)
+    results = [track_video(ws, v, cfg.detector, force=force) for v in _video_ids(ws, video)]
+    _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes") for r in results], "track")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -117,12 +155,32 @@ def pose(
     config: ConfigOpt,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     video: Annotated[list[str] | None, typer.Option(help="Only these video ids (default: all).")] = None,
+    overlay: Annotated[bool, typer.Option(help="Also write overlay videos for checking by eye.")] = True,
     force: ForceOpt = False,
 ) -> None:
     """Stage 3: top-down 2D pose estimation on the tracked boxes."""
-    read_config(config)
-    open_workspace(workspace)
-    not_ready("pose", 3)
+    from pipeline.detect_track import WeightsError
+    from pipeline.overlay import write_overlay
+    from pipeline.pose import make_backend, pose_video
+
+    cfg = read_config(config)
+    ws = open_workspace(workspace)
+    ids = _video_ids(ws, video, kind="tracks")
+    try:
+        backend = make_backend(cfg.pose, cfg.skeleton)
+    except (WeightsError, RuntimeError, ValueError) as exc:
+        fail(str(exc))
+        return
+    rows = []
+    for video_id in ids:
+        result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, backend=backend, force=force)
+        detail = result.error or f"{result.rows} poses"
+        if overlay and result.status in ("done", "skipped"):
+            detail += f"; overlay {write_overlay(ws, video_id)[0]}"
+        rows.append((video_id, result.status, detail))
+    _report(rows, "pose")
+    if any(state == "failed" for _, state, _ in rows):
+        raise typer.Exit(1)
 
 
 @app.command()

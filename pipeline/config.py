@@ -56,6 +56,9 @@ class DetectorConfig(_Strict):
     iou: float = Field(default=0.7, gt=0, lt=1)
     imgsz: int = Field(default=640, gt=0)
     batch: int = Field(default=16, gt=0)
+    class_names: dict[str, str] | None = Field(
+        default=None, description="map the model's class names onto ours, e.g. {Normal: person, Fall: person}"
+    )
 
     @field_validator("classes")
     @classmethod

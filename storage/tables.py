@@ -71,7 +71,7 @@ def poses_frame(
     boxes = np.asarray(boxes, dtype=np.float32).reshape(len(frames), 4)
     for k, name in enumerate(BOX_COLUMNS):
         data[name] = boxes[:, k]
-    flat = keypoints.reshape(len(frames), -1)
+    flat = keypoints.reshape(len(frames), len(joints) * 3)
     for k, name in enumerate(pose_columns(joints)):
         data[name] = flat[:, k]
     return pd.DataFrame(data)

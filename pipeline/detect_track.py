@@ -1,0 +1,125 @@
+"""Stage 2: detect and track subjects with Ultralytics YOLO in track mode (ByteTrack or BoT-SORT).
+
+Frames stream from the decoder through the model (never a whole video in memory), batched, with a progress bar.
+Classes come from the dataset config (person, horse, sports ball); a model whose class names differ (e.g. a person
+detector with classes Normal/Fall) is mapped through ``detector.class_names``. Sports balls are kept as untracked
+detections (track id -1) for the pose stage, which attaches the ball nearest to each athlete as an extra joint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline.config import DetectorConfig
+from pipeline.video import probe_video
+from storage import Catalog, Workspace, stage_key
+from storage.tables import write_tracks
+
+TRACKER_FILES = {"bytetrack": "bytetrack.yaml", "botsort": "botsort.yaml"}
+UNTRACKED_CLASSES = ("sports ball",)
+
+
+class WeightsError(RuntimeError):
+    """Model weights that cannot be found or downloaded."""
+
+
+def load_yolo(weights: str, what: str = "detector"):
+    """Load Ultralytics weights by path or by name; a failed download names the file and how to supply it."""
+    from ultralytics import YOLO
+
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+    is_path = Path(weights).suffix in (".pt", ".onnx", ".engine", ".torchscript") and Path(weights).exists()
+    try:
+        return YOLO(weights)
+    except Exception as exc:
+        hint = (
+            f"the file {weights} exists but could not be loaded ({exc})"
+            if is_path
+            else f"could not load or download {what} weights {weights!r} ({type(exc).__name__}: {exc}). Download "
+            f"{weights} on a machine with internet access and pass its path in the config (detector.weights / "
+            "pose.weights), or use the offline person detector: pipeline.assets.person_detector_weights()"
+        )
+        raise WeightsError(hint) from exc
+
+
+def resolve_class_ids(model_names: dict[int, str], wanted: list[str], aliases: dict[str, str] | None) -> dict[int, str]:
+    """Map the model's class ids onto our class names (person, horse, sports ball)."""
+    aliases = aliases or {}
+    mapping = {}
+    for class_id, name in model_names.items():
+        ours = aliases.get(name, name)
+        if ours in wanted:
+            mapping[int(class_id)] = ours
+    missing = [c for c in wanted if c not in mapping.values()]
+    if missing:
+        raise ValueError(
+            f"the detector has no class for {missing} (its classes: {sorted(model_names.values())}); "
+            "set detector.class_names to map its class names onto ours, or use other weights"
+        )
+    return mapping
+
+
+@dataclass
+class TrackResult:
+    video_id: str
+    status: str  # done, skipped, failed
+    tracks: int = 0
+    detections: int = 0
+    error: str | None = None
+
+
+def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, force: bool = False,
+                progress: bool = True) -> TrackResult:  # fmt: skip
+    """Detect and track one video of the workspace, writing ``tracks/<video_id>.parquet``."""
+    catalog = Catalog(ws)
+    video = catalog.get("video", video_id)
+    if video is None or video.status != "done":
+        raise ValueError(f"video {video_id!r} is not in the workspace (or failed to download); run `mas download`")
+    key = stage_key("track", [video.key or video_id], cfg)
+    if not force and catalog.is_done("tracks", video_id, key):
+        record = catalog.get("tracks", video_id)
+        return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0))
+    catalog.mark_running("tracks", video_id, key=key)
+    try:
+        model = model or load_yolo(cfg.weights)
+        class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
+        with ws.local_copy(ws.absolute(video.outputs[0])) as local:
+            info = probe_video(local)
+            rows = []
+            stream = model.track(
+                source=local, stream=True, persist=True, tracker=TRACKER_FILES[cfg.tracker],
+                classes=sorted(class_map), conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, batch=cfg.batch,
+                verbose=False,
+            )  # fmt: skip
+            for frame, result in enumerate(tqdm(stream, total=info.frames, desc=f"track {video_id}",
+                                                disable=not progress, unit="frame")):  # fmt: skip
+                boxes = result.boxes
+                if boxes is None or len(boxes) == 0:
+                    continue
+                xyxy = boxes.xyxy.cpu().numpy()
+                cls = boxes.cls.cpu().numpy().astype(int)
+                score = boxes.conf.cpu().numpy()
+                ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else np.full(len(cls), -1)
+                for k in range(len(cls)):
+                    name = class_map.get(int(cls[k]))
+                    if name is None or (ids[k] < 0 and name not in UNTRACKED_CLASSES):
+                        continue
+                    rows.append((video_id, frame, int(ids[k]) if name not in UNTRACKED_CLASSES else -1, name,
+                                 float(score[k]), *map(float, xyxy[k])))  # fmt: skip
+        table = pd.DataFrame(rows, columns=["video_id", "frame", "track_id", "class", "score", "x1", "y1", "x2", "y2"])
+        path = write_tracks(ws, video_id, table, {"fps": info.fps, "width": info.width, "height": info.height,
+                                                  "frames": info.frames, "weights": cfg.weights,
+                                                  "tracker": cfg.tracker})  # fmt: skip
+    except Exception as exc:
+        catalog.mark_failed("tracks", video_id, exc, key=key)
+        return TrackResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    tracked = table[table["track_id"] >= 0]
+    meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames}
+    catalog.mark_done("tracks", video_id, key=key, outputs=[path], params=cfg.model_dump(), meta=meta)
+    return TrackResult(video_id, "done", meta["tracks"], meta["detections"])

