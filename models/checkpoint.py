@@ -55,6 +55,7 @@ class TrainedModel:
     conf_threshold: float
     fps: float
     step: int
+    dataset: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -86,6 +87,7 @@ def load_trained_model(
         conf_threshold=float(data["conf_threshold"]),
         fps=float(data["fps"]),
         step=int(payload["step"]),
+        dataset=str(data["name"]),
     )
 
 

@@ -304,11 +304,39 @@ def synthetic(
 @app.command()
 def evaluate(
     run: Annotated[str, typer.Option(help="Training run (checkpoint) name.")],
+    sample_set: Annotated[list[str] | None, typer.Option("--samples", help="Sample set names to evaluate.")] = None,
+    name: Annotated[str | None, typer.Option(help="Evaluation name (default: <run>-eval).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    ablation: Annotated[bool, typer.Option(help="Sample and evaluate the Table 3 ablations too.")] = False,
+    num_samples: Annotated[int, typer.Option(min=8, help="Motions per ablation setting.")] = 64,
+    length: Annotated[int | None, typer.Option(min=8)] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeated draws for the 95% CI.")] = 10,
+    evaluator_steps: Annotated[int, typer.Option(min=1)] = 1500,
+    device: str = "auto",
 ) -> None:
-    """Stage 7: the paper's 2D metrics and the 3D ground-truth benchmark."""
-    open_workspace(workspace)
-    not_ready("evaluate", 7)
+    """Stage 7: FID, diversity, precision/recall (all and side views) and the 3D benchmark where 3D truth exists."""
+    from models.checkpoint import CheckpointError
+    from models.mas import SamplingError
+    from pipeline.evaluate_stage import run_evaluation
+    from pipeline.sample_stage import ablation_sample_sets
+
+    ws = open_workspace(workspace)
+    sets = list(sample_set or [])
+    try:
+        if ablation:
+            sets += ablation_sample_sets(ws, run, num_samples=num_samples, length=length, device=device)
+        if not sets:
+            fail("nothing to evaluate: pass --samples NAME (from `mas sample`) or --ablation")
+        result = run_evaluation(ws, run, name or f"{run}-eval", sets, length=length, repeats=repeats,
+                                evaluator_steps=evaluator_steps, device=device)  # fmt: skip
+    except (CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    from pipeline.evaluate_stage import markdown_table
+
+    typer.echo(markdown_table(result.table))
+    for path in result.paths:
+        typer.echo(f"  {path}")
 
 
 @app.command()

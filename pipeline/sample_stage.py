@@ -123,3 +123,34 @@ def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASC
             views_strip(views, skeleton, tmp, titles=titles)
         paths.append(f"{folder}/sample_{i:02d}_views.png")
     return paths
+
+
+ABLATIONS: dict[str, dict] = {
+    "views2": {"num_views": 2},
+    "views3": {"num_views": 3},
+    "views5": {},
+    "views9": {"num_views": 9},
+    "dist2": {"distance": 2.0},
+    "dist5": {"distance": 5.0},
+    "dist11": {"distance": 11.0},
+    "steps20": {"steps": 20},
+    "steps50": {"steps": 50},
+    "no3dnoise": {"noise_3d": False},
+}
+
+
+def ablation_sample_sets(ws: Workspace, run: str, num_samples: int = 64, length: int | None = None,
+                         device: str = "auto", seed: int = 0) -> list[str]:  # fmt: skip
+    """Sample the Table 3 ablations (views, camera distance, diffusion steps, no 3D noise) plus SDS; returns names."""
+    names = []
+    for label, change in ABLATIONS.items():
+        name = f"{run}-mas-{label}"
+        run_sampling(ws, run, name, num_samples=num_samples, length=length, mas=MASConfig(**change), seed=seed,
+                     device=device, render=0, progress=False)  # fmt: skip
+        names.append(name)
+    for label, annealed in (("sds", False), ("sds-annealed", True)):
+        name = f"{run}-{label}"
+        run_sampling(ws, run, name, method="sds", num_samples=num_samples, length=length,
+                     sds=SDSConfig(annealed=annealed), seed=seed, device=device, render=0, progress=False)  # fmt: skip
+        names.append(name)
+    return names
