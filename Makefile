@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install demo test lint benchmark clean
+.PHONY: install system-deps demo test lint benchmark clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,15 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-test: install lint
+# Debian packages the tests use: headless Chromium (Prefect UI check) and docker-compose (compose file check)
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose >/dev/null; \
+		else echo "note: install chromium and docker-compose for the UI and compose tests (they skip otherwise)"; fi; \
+	fi
+
+test: install system-deps lint
 	$(PY) -m pytest -q
 
 benchmark: install

@@ -340,6 +340,44 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    config: Annotated[list[Path], typer.Option("--config", "-c", help="Dataset configs to deploy (repeatable).")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", envvar="MAS_WORKSPACE")] = "workspace",
+    cron: Annotated[str, typer.Option(help="Schedule of the dataset-building flows ('' for none).")] = "0 3 * * *",
+    gpu_limit: Annotated[int, typer.Option(min=1, help="Flows that may use the GPU at once.")] = 1,
+) -> None:
+    """Serve the Prefect deployments (needs PREFECT_API_URL pointing at a `prefect server start`)."""
+    from flows.serve import serve_all
+
+    for path in config:
+        read_config(path)
+    serve_all([str(p) for p in config], workspace, cron or None, gpu_limit)
+
+
+@app.command("flow")
+def run_flow(
+    name: Annotated[str, typer.Argument(help="build-dataset, download, track, pose or process.")],
+    config: ConfigOpt,
+    workspace: Annotated[str, typer.Option("--workspace", "-w", envvar="MAS_WORKSPACE")] = "workspace",
+    force: ForceOpt = False,
+    dask_address: Annotated[str | None, typer.Option(help="Run per-video tasks on this Dask scheduler.")] = None,
+) -> None:
+    """Run a dataset flow once through Prefect (ephemeral, or the server in PREFECT_API_URL)."""
+    from flows import stages
+
+    read_config(config)
+    flows = {"build-dataset": stages.build_dataset, "download": stages.download_flow, "track": stages.track_flow,
+             "pose": stages.pose_flow, "process": stages.process_flow}  # fmt: skip
+    if name not in flows:
+        fail(f"unknown flow {name!r}; choose from {', '.join(flows)}")
+    kwargs = {"force": force} if name != "download" else {}
+    if name == "build-dataset":
+        kwargs["dask_address"] = dask_address
+    result = flows[name](str(config), workspace, **kwargs)
+    typer.echo(result)
+
+
+@app.command()
 def demo(workspace: WorkspaceOpt = Path("workspace-demo")) -> None:
     """Run the whole pipeline at small scale on bundled, offline data."""
     open_workspace(workspace)

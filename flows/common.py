@@ -1,0 +1,46 @@
+"""Shared pieces of the flows: workspace/config loading, the GPU concurrency slot, artifact keys."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+from prefect.concurrency.sync import concurrency
+
+from pipeline.config import DatasetConfig, load_config
+from storage import Workspace
+
+GPU_LIMIT = "gpu"
+
+
+def key(text: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:120] or "artifact"
+
+
+def open_inputs(workspace: str, config: str | None = None) -> tuple[Workspace, DatasetConfig | None]:
+    return Workspace(workspace), (load_config(config) if config else None)
+
+
+@contextlib.contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold the 'gpu' global concurrency slot (limit 1, made by ``ensure_gpu_limit``) so two flows never share a GPU.
+
+    Without a server-side limit of that name the block runs unthrottled (strict=False).
+    """
+    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+        yield
+
+
+def ensure_gpu_limit(limit: int = 1) -> None:
+    """Create the 'gpu' global concurrency limit on the Prefect server if it does not exist yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=limit))
+        except ObjectAlreadyExists:
+            pass

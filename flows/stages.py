@@ -1,0 +1,224 @@
+"""One Prefect flow per pipeline stage, the parent ``build_dataset`` flow and ``end_to_end``.
+
+Flows are thin: they call the same functions as the CLI, map tasks per video (never per frame), record artifacts and
+log through the run logger. Finished work is skipped through the storage content hashes; ``force`` recomputes. A
+task that fails for one video is recorded (catalog + task state) and leaves the other videos and the flow run intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, wait
+from prefect.tasks import exponential_backoff
+
+from flows import artifacts
+from flows.common import gpu_slot, key, open_inputs
+from pipeline.config import Source
+from storage import Catalog
+
+
+class VideoStageError(RuntimeError):
+    """One video failed in a stage (already recorded in the catalog)."""
+
+
+# ------------------------------------------------------------------------------------------------------------ tasks
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}")
+def download_item(workspace: str, source: dict[str, Any], item: str, config: str) -> list[dict[str, Any]]:
+    from pipeline.download import download_url, ingest_file
+
+    ws, cfg = open_inputs(workspace, config)
+    src = Source(**source)
+    results = [ingest_file(ws, Path(item), src, item)] if src.kind == "local" else download_url(
+        ws, item, src, cfg.download.model_copy(update={"retries": 0}))  # fmt: skip
+    rows = [{"video_id": r.video_id, "status": r.status, "source": r.source, "error": r.error} for r in results]
+    network_failures = [r for r in results if r.status == "failed" and src.kind != "local"]
+    if network_failures:  # let Prefect retry with backoff; the catalog keeps the error meanwhile
+        raise VideoStageError(f"download of {item} failed: {network_failures[0].error}")
+    return rows
+
+
+@task(task_run_name="track {video_id}")
+def track_task(workspace: str, config: str, video_id: str, force: bool) -> dict[str, Any]:
+    from pipeline.detect_track import track_video
+
+    ws, cfg = open_inputs(workspace, config)
+    with gpu_slot():
+        result = track_video(ws, video_id, cfg.detector, force=force, progress=False)
+    get_run_logger().info("track %s: %s, %d tracks", video_id, result.status, result.tracks)
+    if result.status == "failed":
+        raise VideoStageError(f"tracking {video_id} failed: {result.error}")
+    return {"video_id": video_id, "status": result.status, "tracks": result.tracks, "boxes": result.detections}
+
+
+@task(task_run_name="pose {video_id}")
+def pose_task(workspace: str, config: str, video_id: str, force: bool, overlay: bool = True) -> dict[str, Any]:
+    from pipeline.overlay import write_overlay
+    from pipeline.pose import pose_video
+
+    ws, cfg = open_inputs(workspace, config)
+    with gpu_slot():
+        result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, force=force, progress=False)
+    if result.status == "failed":
+        raise VideoStageError(f"pose of {video_id} failed: {result.error}")
+    row = {"video_id": video_id, "status": result.status, "poses": result.rows}
+    if overlay:
+        row["overlay"] = write_overlay(ws, video_id)[0]
+    return row
+
+
+def _gather(futures: list[tuple[str, PrefectFuture]], stage: str, total_key: str) -> list[dict[str, Any]]:
+    """Wait for per-video futures, updating a progress artifact; failed ones become rows with their error."""
+    progress = create_progress_artifact(progress=0.0, key=key(total_key), description=f"{stage}: videos finished")
+    rows: list[dict[str, Any]] = []
+    done = 0
+    for label, future in futures:
+        wait([future])
+        state = future.state
+        if state.is_completed():
+            value = future.result()
+            rows.extend(value if isinstance(value, list) else [value])
+        else:
+            rows.append({"video_id": label, "status": "failed", "error": str(state.message)[:500]})
+        done += 1
+        update_progress_artifact(progress, 100.0 * done / max(len(futures), 1))
+    return rows
+
+
+def _done_ids(workspace: str, kind: str, wanted: list[str] | None) -> list[str]:
+    ws, _ = open_inputs(workspace)
+    done = [r.id for r in Catalog(ws).records(kind) if r.status == "done"]
+    return [v for v in (wanted or done) if v in done]
+
+
+# ------------------------------------------------------------------------------------------------------------ flows
+@flow(name="download", log_prints=True)
+def download_flow(config: str, workspace: str = "workspace") -> list[dict[str, Any]]:
+    """Stage 1: every source item is a task with retries and exponential backoff."""
+    from pipeline.download import expand_sources
+
+    ws, cfg = open_inputs(workspace, config)
+    items = expand_sources(cfg.sources)
+    futures = [(item, download_item.submit(workspace, s.model_dump(), item, config)) for s, item in items]
+    rows = _gather(futures, "download", f"download-progress-{cfg.name}")
+    artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))
+    return rows
+
+
+@flow(name="track", log_prints=True)
+def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
+               force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Stage 2 for one video, a list, or all videos of the workspace."""
+    ws, cfg = open_inputs(workspace, config)
+    futures = [(v, track_task.submit(workspace, config, v, force)) for v in _done_ids(workspace, "video", videos)]
+    rows = _gather(futures, "track", f"track-progress-{cfg.name}")
+    artifacts.table(key(f"tracks-{cfg.name}"), rows, "tracking per video")
+    return rows
+
+
+@flow(name="pose", log_prints=True)
+def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
+              force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Stage 3 for one video, a list, or all tracked videos."""
+    ws, cfg = open_inputs(workspace, config)
+    futures = [(v, pose_task.submit(workspace, config, v, force)) for v in _done_ids(workspace, "tracks", videos)]
+    rows = _gather(futures, "pose", f"pose-progress-{cfg.name}")
+    artifacts.table(key(f"poses-{cfg.name}"), rows, "pose estimation per video")
+    return rows
+
+
+@flow(name="process", log_prints=True)
+def process_flow(config: str, workspace: str = "workspace", force: bool = False) -> dict[str, Any]:
+    """Stage 4: build the dataset and show its card."""
+    from pipeline.dataset_stage import build_dataset
+
+    ws, cfg = open_inputs(workspace, config)
+    result = build_dataset(ws, cfg, force=force)
+    card = ws.read_text(f"{ws.dataset_dir(cfg.name)}/card.md")
+    artifacts.markdown(key(f"dataset-card-{cfg.name}"), card, f"dataset card of {cfg.name}")
+    return {"dataset": result.name, "clips": result.num_clips, "dropped": result.dropped, "skipped": result.skipped}
+
+
+@flow(name="train", log_prints=True)
+def train_flow(dataset: str, workspace: str = "workspace", run: str | None = None, steps: int = 100_000,
+               batch_size: int = 32, lr: float = 1e-5, num_layers: int = 8, latent_dim: int = 512, max_len: int = 120,
+               device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Stage 5 (resumes from the run's checkpoint); holds the GPU slot while training."""
+    from models.trainer import TrainConfig
+    from pipeline.train_stage import run_training
+
+    ws, _ = open_inputs(workspace)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, num_layers=num_layers, latent_dim=latent_dim,
+                      ff_size=2 * latent_dim, max_len=max_len, device=device)  # fmt: skip
+    with gpu_slot():
+        result = run_training(ws, dataset, run or dataset, cfg, progress=False)
+    artifacts.table(key(f"training-{result.run}"), result.history[-50:], f"training metrics of {result.run}")
+    return {"run": result.run, "step": result.step, "final_loss": result.final_loss, "checkpoint": result.checkpoint}
+
+
+@flow(name="sample", log_prints=True)
+def sample_flow(run: str, workspace: str = "workspace", name: str | None = None, method: str = "mas",
+                num_samples: int = 8, length: int | None = None, views: int = 5, seed: int = 0,
+                device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures."""
+    from models.mas import MASConfig
+    from pipeline.sample_stage import run_sampling
+
+    ws, _ = open_inputs(workspace)
+    with gpu_slot():
+        result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
+                              length=length, mas=MASConfig(num_views=views), seed=seed, device=device,
+                              progress=False)  # fmt: skip
+    links = "\n".join(f"- `{p}`" for p in result.paths)
+    artifacts.markdown(key(f"samples-{result.name}"), f"# Samples `{result.name}`\n\n{links}\n", "sample outputs")
+    return {"name": result.name, "shape": list(result.motions.shape), "seconds": result.seconds}
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace", name: str | None = None,
+                  length: int | None = None, repeats: int = 10, evaluator_steps: int = 1500,
+                  device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Stage 7: metrics table as an artifact."""
+    from pipeline.evaluate_stage import run_evaluation
+
+    ws, _ = open_inputs(workspace)
+    result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, repeats=repeats,
+                            evaluator_steps=evaluator_steps, device=device, progress=False)  # fmt: skip
+    artifacts.table(key(f"evaluation-{name or run}"), result.table, "evaluation metrics")
+    return {"rows": len(result.table), "paths": result.paths}
+
+
+@flow(name="build-dataset", log_prints=True)
+def build_dataset(config: str, workspace: str = "workspace", force: bool = False,
+                  dask_address: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """download → track → pose → process, each stage skipping finished videos.
+
+    ``dask_address`` (``tcp://scheduler:8786``) runs the per-video tasks on an existing Dask cluster.
+    """
+    logger = get_run_logger()
+    stages = [download_flow, track_flow, pose_flow]
+    if dask_address:
+        from flows.runners import dask_runner
+
+        stages = [s.with_options(task_runner=dask_runner(dask_address)) for s in stages]
+    download, track, pose = stages
+    downloads = download(config, workspace)
+    logger.info("downloaded: %s", [(r.get("video_id"), r.get("status")) for r in downloads])
+    track(config, workspace, force=force)
+    pose(config, workspace, force=force)
+    return process_flow(config, workspace, force=force)
+
+
+@flow(name="end-to-end", log_prints=True)
+def end_to_end(config: str, workspace: str = "workspace", steps: int = 100_000, num_samples: int = 8,
+               device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """build_dataset → train → sample (MAS) → evaluate."""
+    ws, cfg = open_inputs(workspace, config)
+    dataset = build_dataset(config, workspace)
+    trained = train_flow(cfg.name, workspace, steps=steps, device=device)
+    samples = sample_flow(trained["run"], workspace, num_samples=max(num_samples, 8), device=device)
+    evaluation = evaluate_flow(trained["run"], [samples["name"]], workspace, device=device)
+    return {"dataset": dataset, "train": trained, "samples": samples, "evaluation": evaluation}

@@ -1,0 +1,205 @@
+"""Prefect for real: a server on 127.0.0.1 (SQLite), flows run through it, results read back with the client, the UI
+page of a flow run rendered in headless Chromium, and per-video tasks on a real local Dask cluster."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipeline.assets import PERSON_DETECTOR_CLASSES
+from pipeline.config import Source
+from pipeline.download import ingest_file
+from storage import Catalog, Workspace
+from tests.test_download import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")  # fmt: skip
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+        if proc.poll() is not None:
+            raise RuntimeError((home / "server.log").read_text()[-3000:])
+    else:
+        proc.kill()
+        raise RuntimeError("Prefect server did not become healthy in 180 s")
+    yield url, {**env, "PREFECT_API_URL": f"{url}/api"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def read_back(url: str, flow_name: str, artifact_keys: list[str]) -> dict:
+    """Read runs, task states, artifacts and concurrency limits back through the server's REST API."""
+    api = httpx.Client(base_url=f"{url}/api", timeout=30)
+    runs = api.post("/flow_runs/filter", json={"limit": 50, "offset": 0, "sort": "START_TIME_DESC"}).json()
+    names = {r["flow_id"]: api.get(f"/flows/{r['flow_id']}").json()["name"] for r in runs}
+    run = next(r for r in runs if names[r["flow_id"]] == flow_name)
+    tasks = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 50, "offset": 0,
+                                                "sort": "EXPECTED_START_TIME_DESC"}).json()  # fmt: skip
+    arts = api.post("/artifacts/filter", json={"artifacts": {"key": {"any_": artifact_keys}}, "limit": 50,
+                                               "offset": 0, "sort": "CREATED_DESC"}).json()  # fmt: skip
+    limits = api.post("/v2/concurrency_limits/filter", json={"limit": 50, "offset": 0}).json()
+    table = next((a["data"] for a in arts if a["type"] == "table"), "[]")
+    return {
+        "flow_state": run["state"]["type"], "flow_name": run["name"], "flow_id": run["id"],
+        "tasks": {t["name"]: t["state"]["type"] for t in tasks}, "artifacts": {a["key"]: a["type"] for a in arts},
+        "limits": [[lim["name"], lim["limit"]] for lim in limits],
+        "table": json.loads(table) if isinstance(table, str) else table,
+    }  # fmt: skip
+
+
+def _run(script: str, env: dict, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def flow_workspace(tmp_path_factory, person_detector):
+    folder = tmp_path_factory.mktemp("flow-ws")
+    ws = Workspace(folder / "ws")
+    good = ingest_file(ws, make_video(folder / "good.mp4", frames=10, seed=3), Source(kind="local", value="x"), "g")
+    bad = ingest_file(ws, make_video(folder / "bad.mp4", frames=10, seed=4), Source(kind="local", value="x"), "b")
+    # the stored copy of one video gets corrupted after download: its tracking task must fail alone
+    stored = ws.absolute(Catalog(ws).get("video", bad.video_id).outputs[0])
+    Path(stored).write_bytes(b"corrupted on disk")
+    config = {"name": "flowtest", "skeleton": "coco17", "fps": 15, "sources": [{"kind": "local", "value": "x"}],
+              "detector": {"weights": str(person_detector), "classes": ["person"],
+                           "class_names": PERSON_DETECTOR_CLASSES, "imgsz": 160}}  # fmt: skip
+    path = folder / "flowtest.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ws, str(path), good.video_id, bad.video_id
+
+
+def test_flow_through_a_real_server_with_one_failing_video(prefect_server, flow_workspace):
+    url, env = prefect_server
+    ws, config, good, bad = flow_workspace
+    script = (
+        "from flows.common import ensure_gpu_limit; from flows.stages import track_flow; ensure_gpu_limit();"
+        f"rows = track_flow({config!r}, {ws.root!r}); import json; print('ROWS', json.dumps(rows))"
+    )
+    out = _run(script, env)
+    rows = {r["video_id"]: r for r in json.loads(out.split("ROWS", 1)[1])}
+    assert rows[good]["status"] == "done" and rows[bad]["status"] == "failed"
+    assert Catalog(ws).is_done("tracks", good) and Catalog(ws).get("tracks", bad).status == "failed"
+
+    result = read_back(url, "track", ["tracks-flowtest", "track-progress-flowtest"])
+    assert result["flow_state"] == "COMPLETED"  # the flow run's record stays intact
+    assert result["tasks"] == {f"track {good}": "COMPLETED", f"track {bad}": "FAILED"}
+    assert result["artifacts"] == {"tracks-flowtest": "table", "track-progress-flowtest": "progress"}
+    assert ["gpu", 1] in result["limits"]
+    table = result["table"]
+    assert {row["video_id"]: row["status"] for row in table} == {good: "done", bad: "failed"}
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`.ci/run` installs it)")
+    page = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={ws.root}/chromium", "--virtual-time-budget=20000", "--dump-dom",
+         f"{url}/runs/flow-run/{result['flow_id']}"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result["flow_name"] in page.stdout, page.stdout[-2000:]
+
+
+def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
+    _, env = prefect_server
+    ws, config, good, _ = flow_workspace
+    before = Catalog(ws).get("tracks", good).updated_at
+    script = (f"from flows.stages import track_flow; import json; print('ROWS', json.dumps(track_flow({config!r}, "
+              f"{ws.root!r}, videos=[{good!r}])))")  # fmt: skip
+    rows = json.loads(_run(script, env).split("ROWS", 1)[1])
+    assert rows == [{"video_id": good, "status": "skipped", "tracks": 0, "boxes": 0}]
+    assert Catalog(ws).get("tracks", good).updated_at == before
+    forced = script.replace("videos=", "force=True, videos=")
+    rows = json.loads(_run(forced, env).split("ROWS", 1)[1])
+    assert rows[0]["status"] == "done"
+
+
+def test_download_tasks_on_a_local_dask_cluster(prefect_server, tmp_path):
+    _, env = prefect_server
+    for i in range(3):
+        make_video(tmp_path / f"clip{i}.mp4", frames=8, seed=10 + i)
+    config = tmp_path / "dask.yaml"
+    config.write_text(yaml.safe_dump({"name": "dasktest", "skeleton": "coco17", "fps": 15,
+                                      "sources": [{"kind": "local", "value": str(tmp_path)}]}))  # fmt: skip
+    script = (
+        "from distributed import LocalCluster\n"
+        "from flows.runners import dask_runner\n"
+        "from flows.stages import download_flow\n"
+        "import json\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:\n"
+        f"        rows = download_flow.with_options(task_runner=dask_runner(c.scheduler_address))({str(config)!r}, "
+        f"{str(tmp_path / 'ws')!r})\n"
+        "        print('ROWS', json.dumps(rows))\n"
+    )  # fmt: skip
+    rows = json.loads(_run(script, env).split("ROWS", 1)[1])
+    assert sorted(r["status"] for r in rows) == ["done", "done", "done"]
+    assert len(Catalog(Workspace(tmp_path / "ws")).records("video")) == 3
+
+
+def test_docker_compose_file_validates(tmp_path):
+    compose = shutil.which("docker-compose")
+    command = [compose] if compose else ["docker", "compose"]
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("no docker compose client (`.ci/run` installs Debian's docker-compose)")
+    ok = subprocess.run([*command, "-f", str(ROOT / "docker" / "compose.yaml"), "config"], capture_output=True,
+                        text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "prefect-server" in ok.stdout and "postgres" in ok.stdout
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  x:\n    image: 1\n    ports: {bad: mapping}\n")
+    assert subprocess.run([*command, "-f", str(broken), "config"], capture_output=True).returncode != 0
+
+
+def test_serve_builds_deployments_with_schedules():
+    from flows.serve import deployments
+
+    deps = deployments([str(ROOT / "configs" / "nba.yaml")], "/data/ws", "0 3 * * *")
+    names = {d.name for d in deps}
+    assert {"build-nba", "track-nba", "pose-nba", "process-nba", "train", "sample", "evaluate"} <= names
+    build = next(d for d in deps if d.name == "build-nba")
+    assert build.schedules and build.schedules[0].schedule.cron == "0 3 * * *"
+    assert build.parameters == {"config": str(ROOT / "configs" / "nba.yaml"), "workspace": "/data/ws"}
