@@ -56,10 +56,6 @@ def read_config(path: Path) -> DatasetConfig:
         raise
 
 
-def not_ready(stage: str, issue: int) -> None:
-    fail(f"the {stage} stage is not available in this version yet (tracked in issue #{issue})", code=3)
-
-
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="Dataset config YAML.")]) -> None:
     """Validate a dataset config and print it with defaults filled in."""
@@ -378,10 +374,22 @@ def run_flow(
 
 
 @app.command()
-def demo(workspace: WorkspaceOpt = Path("workspace-demo")) -> None:
-    """Run the whole pipeline at small scale on bundled, offline data."""
-    open_workspace(workspace)
-    not_ready("demo", 9)
+def demo(
+    workspace: WorkspaceOpt = Path("workspace-demo"),
+    size: Annotated[str, typer.Option(help="full (about 15 min on 2 CPU cores) or tiny (about 2 min).")] = "full",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Run the whole pipeline at small scale on offline data, as a Prefect flow, and write a report."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.demo import demo_flow
+
+    if size not in ("full", "tiny"):
+        fail(f"--size must be full or tiny, got {size!r}")
+    numbers = demo_flow(str(workspace), size=size, device=device)
+    typer.echo(f"done: {numbers}")
+    typer.echo(f"open {workspace}/report/report.html (or report.md) to see the result")
 
 
 if __name__ == "__main__":
