@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--sds-iterations", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--evaluator-steps", type=int, default=600)
+    parser.add_argument("--evaluator-dim", type=int, default=128)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     ws = Workspace(args.workspace or tempfile.mkdtemp(prefix="mas-bench-"))
@@ -65,7 +67,8 @@ def main() -> None:
         timings[label] = time.perf_counter() - t
         names.append(name)
     evaluation = run_evaluation(ws, "bench", "bench-eval", names, length=args.length, repeats=args.repeats,
-                                model_samples=args.samples, device=args.device)  # fmt: skip
+                                model_samples=args.samples, device=args.device, evaluator_steps=args.evaluator_steps,
+                                evaluator_dim=args.evaluator_dim)  # fmt: skip
     table = evaluation.table.copy()
     table["method"] = table["method"].replace({n: label for n, label in zip(names, sets, strict=True)})
     body = (

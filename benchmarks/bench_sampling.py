@@ -1,0 +1,78 @@
+"""Time and peak memory per sample of MAS and SDS with the default model (8 layers, 512 d, T = 100, 5 views),
+for 1 sample and a batch of 64, against the paper's Table 1 (MAS 9 s / 794 MB, DreamFusion 17 s, on GPU).
+
+    python -m benchmarks.bench_sampling [--device cuda] [--batch 64] [--length 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import peak_memory_mb, write_result
+from models.checkpoint import TrainedModel
+from models.denoiser import DenoiserConfig, MotionDenoiser
+from models.diffusion import Diffusion
+from models.mas import MASConfig, mas_sample
+from models.sds import SDSConfig, sds_sample
+from models.trainer import resolve_device
+
+
+def default_model(device: torch.device, joints: int = 17, max_len: int = 120) -> TrainedModel:
+    model = MotionDenoiser(DenoiserConfig(num_joints=joints, max_len=max_len)).to(device).eval()
+    return TrainedModel(model, Diffusion.cosine(100), torch.zeros(joints, 2, device=device),
+                        torch.ones(joints, 2, device=device), "coco17", 0.3, 30.0, 0, "bench")  # fmt: skip
+
+
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, peak_memory_mb(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--length", type=int, default=120)
+    parser.add_argument("--sds-iterations", type=int, default=1000)
+    parser.add_argument("--skip-sds", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    trained = default_model(device, max_len=args.length)
+    rows = []
+    with torch.inference_mode(False):
+        mas_sample(trained, 1, args.length, MASConfig(steps=2))  # warm-up
+        for n in (1, args.batch):
+            seconds, memory = timed(lambda n=n: mas_sample(trained, n, args.length, MASConfig()), device)
+            rows.append(("MAS", n, seconds, memory))
+            if not args.skip_sds:
+                sds = SDSConfig(iterations=args.sds_iterations)
+                seconds, memory = timed(lambda n=n, sds=sds: sds_sample(trained, n, args.length, sds), device)
+                rows.append(("SDS", n, seconds, memory))
+    lines = [
+        "| method | batch | total s | s per sample | peak memory MB | vs paper per sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    paper = {"MAS": 9.0, "SDS": 17.0}
+    for method, n, seconds, memory in rows:
+        per = seconds / n
+        lines.append(
+            f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.1f}x faster |"
+        )
+    body = (
+        f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}. "
+        "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
+    )
+    write_result(f"sampling_{device.type}", "MAS and SDS sampling speed", body)
+
+
+if __name__ == "__main__":
+    main()

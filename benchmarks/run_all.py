@@ -1,0 +1,21 @@
+"""Run the quick benchmarks (`make benchmark`).
+
+The 3D benchmark is separate and longer: `python -m benchmarks.mas_3d_benchmark`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+QUICK = [
+    ["benchmarks.bench_process", "--clips", "10000"],
+    ["benchmarks.bench_video"],
+    ["benchmarks.bench_train", "--steps", "10"],
+    ["benchmarks.bench_sampling", "--batch", "64"],
+]
+
+if __name__ == "__main__":
+    for module, *args in QUICK:
+        print(f"== {module} {' '.join(args)}", flush=True)
+        subprocess.run([sys.executable, "-m", module, *args], check=True)
