@@ -108,26 +108,29 @@ def download_flow(config: str, workspace: str = "workspace") -> list[dict[str, A
     return rows
 
 
+def _per_video(stage_task, stage: str, input_kind: str, config: str, workspace: str, videos: list[str] | None,
+               force: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Map ``stage_task`` over the videos whose ``input_kind`` record is done; table + progress artifacts."""
+    _, cfg = open_inputs(workspace, config)
+    ids = _done_ids(workspace, input_kind, videos)
+    rows = _gather([(v, stage_task.submit(workspace, config, v, force)) for v in ids], stage,
+                   f"{stage}-progress-{cfg.name}")  # fmt: skip
+    artifacts.table(key(f"{stage}s-{cfg.name}"), rows, f"{stage} per video")
+    return rows
+
+
 @flow(name="track", log_prints=True)
 def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
                force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 2 for one video, a list, or all videos of the workspace."""
-    ws, cfg = open_inputs(workspace, config)
-    futures = [(v, track_task.submit(workspace, config, v, force)) for v in _done_ids(workspace, "video", videos)]
-    rows = _gather(futures, "track", f"track-progress-{cfg.name}")
-    artifacts.table(key(f"tracks-{cfg.name}"), rows, "tracking per video")
-    return rows
+    return _per_video(track_task, "track", "video", config, workspace, videos, force)
 
 
 @flow(name="pose", log_prints=True)
 def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
               force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 3 for one video, a list, or all tracked videos."""
-    ws, cfg = open_inputs(workspace, config)
-    futures = [(v, pose_task.submit(workspace, config, v, force)) for v in _done_ids(workspace, "tracks", videos)]
-    rows = _gather(futures, "pose", f"pose-progress-{cfg.name}")
-    artifacts.table(key(f"poses-{cfg.name}"), rows, "pose estimation per video")
-    return rows
+    return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force)
 
 
 @flow(name="process", log_prints=True)
