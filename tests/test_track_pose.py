@@ -162,3 +162,40 @@ def test_cli_download_track_pose_on_one_second_of_footage(tmp_path, demo_clip, p
     status = runner.invoke(app, ["status", "-w", ws])
     assert status.stdout.count("done") >= 3
     assert list((tmp_path / "ws" / "overlays").glob("*.mp4"))
+
+
+class _CentreBackend:
+    """A deterministic pose backend for the ball-joint path: every joint at the box centre, confidence 0.9."""
+
+    skeleton = COCO17
+
+    def estimate(self, image, boxes):
+        centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, np.full(len(boxes), 0.9)],
+                          1)  # fmt: skip
+        return np.repeat(centre[:, None], 17, 1).astype(np.float32)
+
+
+def test_gymnastics_ball_becomes_the_18th_joint(tmp_path):
+    import pandas as pd
+
+    from storage.tables import write_tracks
+
+    ws = Workspace(tmp_path / "ws")
+    video = ingest_file(ws, make_video(tmp_path / "gym.mp4", frames=6), Source(kind="local", value="x"), "gym")
+    rows = []
+    for f in range(6):
+        rows.append((video.video_id, f, 1, "person", 0.9, 10.0, 10.0, 50.0, 100.0))
+        if f != 3:  # the ball is missed in frame 3
+            rows += [(video.video_id, f, -1, "sports ball", 0.8, 60.0, 20.0, 70.0, 30.0),
+                     (video.video_id, f, -1, "sports ball", 0.6, 140.0, 100.0, 150.0, 110.0)]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["video_id", "frame", "track_id", "class", "score", "x1", "y1", "x2", "y2"])
+    path = write_tracks(ws, video.video_id, frame, {"fps": 15.0, "width": 160, "height": 120, "frames": 6})
+    Catalog(ws).mark_done("tracks", video.video_id, key="k", outputs=[path])
+    result = pose_video(ws, video.video_id, PoseConfig(backend="mediapipe"), "coco17_ball", backend=_CentreBackend(),
+                        progress=False)  # fmt: skip
+    assert result.status == "done" and result.rows == 6
+    poses, meta = read_poses(ws, video.video_id)
+    assert meta["skeleton"] == "coco17_ball"
+    ball = poses[["ball_x", "ball_y", "ball_c"]].to_numpy()
+    np.testing.assert_allclose(ball[[0, 1, 2, 4, 5]], [[65.0, 25.0, 0.8]] * 5, rtol=1e-6)  # the nearer ball
+    assert ball[3, 2] == 0.0 and np.isnan(ball[3, :2]).all()  # no ball seen: masked, not invented
