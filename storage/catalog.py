@@ -68,7 +68,8 @@ class Catalog:
     def mark_running(self, kind: str, artifact_id: str, key: str | None = None, **meta: Any) -> Record:
         previous = self.get(kind, artifact_id)
         merged = {**(previous.meta if previous else {}), **meta}
-        return self.put(Record(kind=kind, id=artifact_id, status="running", key=key, meta=merged))
+        outputs = previous.outputs if previous else []  # earlier outputs stay listed (and on disk) while it runs
+        return self.put(Record(kind=kind, id=artifact_id, status="running", key=key, outputs=outputs, meta=merged))
 
     def mark_done(
         self,

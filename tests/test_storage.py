@@ -91,6 +91,9 @@ def test_catalog_states(ws):
     assert catalog.state("tracks", "v1", key="k1") == "done"
     assert catalog.state("tracks", "v1", key="k2") == "stale"
     catalog.mark_failed("tracks", "v1", ValueError("corrupt video"), key="k2")
+    catalog.mark_running("tracks", "v1", key="k2")
+    assert catalog.get("tracks", "v1").outputs == ["tracks/v1.parquet"]
+    catalog.mark_failed("tracks", "v1", ValueError("corrupt video"), key="k2")
     record = catalog.get("tracks", "v1")
     assert record.status == "failed" and "ValueError: corrupt video" in record.error
     assert record.outputs == ["tracks/v1.parquet"] and ws.exists(out)  # earlier output kept
