@@ -36,12 +36,13 @@ class DemoSize:
     samples: int
     sds_iterations: int
     evaluator_steps: int
+    evaluator_dim: int
     repeats: int
 
 
 SIZES = {
-    "full": DemoSize(None, 1500, 60, 2500, 128, 2, 48, 400, 800, 5),
-    "tiny": DemoSize(1.0, 96, 24, 40, 32, 1, 12, 20, 30, 2),
+    "full": DemoSize(None, 1500, 60, 2000, 128, 2, 48, 400, 400, 128, 5),
+    "tiny": DemoSize(1.0, 96, 24, 40, 32, 1, 12, 20, 30, 32, 2),
 }
 
 
@@ -136,7 +137,8 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
     log("evaluating against the held-out 3D motions")
     evaluation = run_evaluation(ws, "demo", "demo-eval", ["demo-mas", "demo-sds"], length=size.length,
                                 repeats=size.repeats, model_samples=size.samples,
-                                evaluator_steps=size.evaluator_steps, device=device)  # fmt: skip
+                                evaluator_steps=size.evaluator_steps, evaluator_dim=size.evaluator_dim,
+                                device=device)  # fmt: skip
     shutil.copyfile(next(p for p in evaluation.paths if p.endswith("metrics.png")), out / "metrics.png")
     table = evaluation.table.replace({"demo-mas": "MAS (5 views)", "demo-sds": "SDS"})
     all_rows = table[table["view"] == "all"].set_index("method")
