@@ -55,11 +55,16 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return precision, recall
 
 
+def mean_ci(values: list[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and 95% confidence half-width (normal approximation) of repeated measurements."""
+    values = np.asarray(values, dtype=np.float64)
+    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(half)
+
+
 def repeated(metric: Callable[[np.random.Generator], float], repeats: int = 10, seed: int = 0) -> tuple[float, float]:
     """Mean and 95% confidence half-width of ``metric(rng)`` over ``repeats`` random draws."""
-    values = np.array([metric(np.random.default_rng([seed, r])) for r in range(repeats)])
-    half = 1.96 * values.std(ddof=1) / math.sqrt(repeats) if repeats > 1 else 0.0
-    return float(values.mean()), float(half)
+    return mean_ci([metric(np.random.default_rng([seed, r])) for r in range(repeats)])
 
 
 # ------------------------------------------------------------------------------------------------------ 3D metrics

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from models.checkpoint import load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed, load_evaluator, save_evaluator, train_evaluator  # noqa: E402
-from models.metrics import diversity, evaluate_3d, fid, precision_recall, repeated  # noqa: E402
+from models.metrics import diversity, evaluate_3d, fid, mean_ci, precision_recall  # noqa: E402
 from models.sampling import sample_2d  # noqa: E402
 from models.trainer import resolve_device  # noqa: E402
 from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, normalize_2d, project, rotation_matrix  # noqa: E402
@@ -63,25 +63,24 @@ def project_for_eval(motions: np.ndarray, azimuths: np.ndarray, root, body, mean
 
 
 def metric_row(label: str, view: str, real: np.ndarray, fake: np.ndarray, repeats: int, subset: int) -> dict:
+    """FID, diversity, precision and recall of ``fake`` against ``real`` embeddings, mean ± 95% CI over ``repeats``
+    draws of ``subset`` motions from each set."""
     n = min(subset, len(real), len(fake))
     if n < 8:
         raise ValueError(f"{label}: {n} motions are too few for distribution metrics; sample at least 8")
-
-    def draw(rng, metric):
-        r = real[rng.choice(len(real), n, replace=False)]
-        f = fake[rng.choice(len(fake), n, replace=False)]
-        return metric(r, f, rng)
-
-    row = {"method": label, "view": view, "n": n}
-    measures = {
-        "fid": lambda r, f, rng: fid(r, f),
-        "diversity": lambda r, f, rng: diversity(f, pairs=200, seed=int(rng.integers(1 << 30))),
-        "precision": lambda r, f, rng: precision_recall(r, f)[0],
-        "recall": lambda r, f, rng: precision_recall(r, f)[1],
-    }
-    for key, metric in measures.items():
-        mean, half = repeated(lambda rng, m=metric: draw(rng, m), repeats)
-        row[key], row[f"{key}_ci95"] = mean, half
+    draws: dict[str, list[float]] = {"fid": [], "diversity": [], "precision": [], "recall": []}
+    for r in range(repeats):
+        rng = np.random.default_rng([0, r])
+        real_part = real[rng.choice(len(real), n, replace=False)]
+        fake_part = fake[rng.choice(len(fake), n, replace=False)]
+        precision, recall = precision_recall(real_part, fake_part)
+        draws["fid"].append(fid(real_part, fake_part))
+        draws["diversity"].append(diversity(fake_part, pairs=200, seed=r))
+        draws["precision"].append(precision)
+        draws["recall"].append(recall)
+    row: dict = {"method": label, "view": view, "n": n}
+    for key, values in draws.items():
+        row[key], row[f"{key}_ci95"] = mean_ci(values)
     return row
 
 
