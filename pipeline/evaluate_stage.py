@@ -166,7 +166,9 @@ def markdown_table(table: pd.DataFrame) -> str:
         cells = []
         for c in columns:
             value = row[c]
-            if isinstance(value, float):
+            if isinstance(value, float) and not np.isfinite(value):
+                cells.append("–")
+            elif isinstance(value, float):
                 ci = row.get(f"{c}_ci95")
                 cells.append(f"{value:.3f} ± {ci:.3f}" if ci is not None and np.isfinite(ci) else f"{value:.4g}")
             else:
