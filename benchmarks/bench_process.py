@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.common import write_result
 from pipeline.cameras import project, rotation_matrix
 from pipeline.config import ProcessConfig
-from pipeline.process import Track, finalize, process_tracks
+from pipeline.process import ProcessedClips, Track, finalize, process_tracks
 from pipeline.skeletons import COCO17
 from pipeline.synthetic import generate_motions
 
@@ -40,7 +42,13 @@ def main() -> None:
     tracks = pixel_tracks(args.clips, args.length)
     cfg = ProcessConfig(min_track_frames=30, clip_min_frames=30, clip_max_frames=args.length, max_overlapping_tracks=50)
     start = time.perf_counter()
-    processed = process_tracks(tracks, COCO17, cfg, 30.0, 30.0)
+    parts = [process_tracks(tracks[i : i + 10], COCO17, cfg, 30.0, 30.0) for i in range(0, len(tracks), 10)]
+    processed = ProcessedClips(
+        clips=[c for p in parts for c in p.clips],
+        index=pd.concat([p.index for p in parts], ignore_index=True),
+        dropped=sum((p.dropped for p in parts), Counter()),
+        stats={},
+    )  # one call per video of 10 tracks, as the dataset stage does
     clips, index = finalize(processed, COCO17, cfg)
     seconds = time.perf_counter() - start
     body = (f"{args.clips} synthetic tracks of {args.length} frames (COCO-17): {len(processed.clips)} clips kept "

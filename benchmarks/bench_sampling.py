@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--length", type=int, default=120)
+    parser.add_argument("--name", default=None, help="result file name (default: sampling_<device>)")
     parser.add_argument("--sds-iterations", type=int, default=1000)
     parser.add_argument("--skip-sds", action="store_true")
     args = parser.parse_args()
@@ -53,7 +54,7 @@ def main() -> None:
         for n in (1, args.batch):
             seconds, memory = timed(lambda n=n: mas_sample(trained, n, args.length, MASConfig()), device)
             rows.append(("MAS", n, seconds, memory))
-            if not args.skip_sds:
+            if not args.skip_sds and (n == 1 or device.type == "cuda"):  # SDS batches only pay off on a GPU
                 sds = SDSConfig(iterations=args.sds_iterations)
                 seconds, memory = timed(lambda n=n, sds=sds: sds_sample(trained, n, args.length, sds), device)
                 rows.append(("SDS", n, seconds, memory))
@@ -71,7 +72,7 @@ def main() -> None:
         f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}. "
         "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
     )
-    write_result(f"sampling_{device.type}", "MAS and SDS sampling speed", body)
+    write_result(args.name or f"sampling_{device.type}", "MAS and SDS sampling speed", body)
 
 
 if __name__ == "__main__":

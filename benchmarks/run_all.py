@@ -12,7 +12,7 @@ QUICK = [
     ["benchmarks.bench_process", "--clips", "10000"],
     ["benchmarks.bench_video"],
     ["benchmarks.bench_train", "--steps", "10"],
-    ["benchmarks.bench_sampling", "--batch", "64"],
+    ["benchmarks.bench_sampling", "--batch", "8"],  # use --batch 64 --device cuda on a GPU
 ]
 
 if __name__ == "__main__":
