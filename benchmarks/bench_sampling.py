@@ -59,14 +59,14 @@ def main() -> None:
                 seconds, memory = timed(lambda n=n, sds=sds: sds_sample(trained, n, args.length, sds), device)
                 rows.append(("SDS", n, seconds, memory))
     lines = [
-        "| method | batch | total s | s per sample | peak memory MB | vs paper per sample |",
+        "| method | batch | total s | s per sample | peak memory MB | speed vs paper (GPU) per sample |",
         "|---|---|---|---|---|---|",
     ]
     paper = {"MAS": 9.0, "SDS": 17.0}
     for method, n, seconds, memory in rows:
         per = seconds / n
         lines.append(
-            f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.1f}x faster |"
+            f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.2f}x |"
         )
     body = (
         f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}. "
