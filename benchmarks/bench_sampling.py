@@ -65,9 +65,7 @@ def main() -> None:
     paper = {"MAS": 9.0, "SDS": 17.0}
     for method, n, seconds, memory in rows:
         per = seconds / n
-        lines.append(
-            f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.2f}x |"
-        )
+        lines.append(f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.2f}x |")
     body = (
         f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}. "
         "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
