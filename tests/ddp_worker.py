@@ -16,5 +16,7 @@ if __name__ == "__main__":
     gathered = [torch.zeros_like(params) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, params)
     same = all(torch.equal(gathered[0], g) for g in gathered)
-    print("RANK_DONE", dist.get_rank(), dist.get_world_size(), result.step, "in_sync" if same else "DIVERGED")
+    report = f"RANK_DONE {dist.get_rank()} {dist.get_world_size()} {result.step} {'in_sync' if same else 'DIVERGED'}"
+    with open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w") as handle:  # one file per rank: no interleaved output
+        handle.write(report)
     dist.destroy_process_group()

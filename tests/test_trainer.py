@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,16 +82,20 @@ def test_bad_train_config_is_named():
         TrainConfig(lr=-1)
 
 
-def test_ddp_with_gloo_two_processes(synthetic_ws):
+def test_ddp_with_gloo_two_processes(synthetic_ws, tmp_path):
     """The torchrun code path on CPU: two gloo ranks train in lockstep and rank 0 writes the checkpoint."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    with socket.socket() as probe:  # a free port, so parallel runs never collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         str(root / "tests" / "ddp_worker.py"), synthetic_ws.root],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         str(root / "tests" / "ddp_worker.py"), synthetic_ws.root, str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=env, cwd=root,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "RANK_DONE 0 2 4 in_sync" in proc.stdout and "RANK_DONE 1 2 4 in_sync" in proc.stdout
+    reports = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
+    assert reports == ["RANK_DONE 0 2 4 in_sync", "RANK_DONE 1 2 4 in_sync"]
     assert synthetic_ws.exists(f"{synthetic_ws.checkpoint_dir('ddp')}/last.pt")
     assert np.isfinite(load_checkpoint(synthetic_ws, f"{synthetic_ws.checkpoint_dir('ddp')}/last.pt")["step"])
