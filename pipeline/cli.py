@@ -229,6 +229,12 @@ def train(
     except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
         fail(str(exc))
         return
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: tear gloo/NCCL down on every rank
+            dist.barrier()
+            dist.destroy_process_group()
     typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f}, checkpoint {result.checkpoint}")
 
 

@@ -19,4 +19,5 @@ if __name__ == "__main__":
     report = f"RANK_DONE {dist.get_rank()} {dist.get_world_size()} {result.step} {'in_sync' if same else 'DIVERGED'}"
     with open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w") as handle:  # one file per rank: no interleaved output
         handle.write(report)
+    dist.barrier()  # both ranks done with gloo before tearing it down (else one can abort at exit)
     dist.destroy_process_group()
