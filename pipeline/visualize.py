@@ -106,14 +106,15 @@ def views_strip(
     num_views, length = views.shape[:2]
     picks = np.linspace(0, length - 1, min(frames, length)).astype(int)
     fig, axes = plt.subplots(num_views, len(picks), figsize=(1.6 * len(picks), 1.8 * num_views), squeeze=False)
-    lo, hi = views[..., :2].reshape(-1, 2).min(0), views[..., :2].reshape(-1, 2).max(0)
-    pad = 0.05 * (hi - lo).max()
+    # every cell is centred on its pose with one common half-size, so a walking person stays large and in view
+    centres = views.mean(axis=2)  # [V, L, 2]
+    half = 1.1 * float(np.abs(views - centres[:, :, None]).max())
     for v in range(num_views):
         for k, f in enumerate(picks):
             ax = axes[v, k]
             plot_pose_2d(ax, views[v, f], skeleton)
-            ax.set_xlim(lo[0] - pad, hi[0] + pad)
-            ax.set_ylim(lo[1] - pad, hi[1] + pad)
+            ax.set_xlim(centres[v, f, 0] - half, centres[v, f, 0] + half)
+            ax.set_ylim(centres[v, f, 1] - half, centres[v, f, 1] + half)
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
