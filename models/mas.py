@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -89,8 +88,7 @@ def mas_sample(
     distance = cfg.distance if cfg.projection == "perspective" else None
 
     base = torch.as_tensor(view_azimuths(views), dtype=torch.float32, device=device)
-    azimuths = base.expand(num_samples, views).clone()  # [S, V]
-    rot = _rotations(azimuths[0], cfg.elevation)  # shared views unless dynamic
+    rot = _rotations(base, cfg.elevation)  # [V, 3, 3] shared by all samples; [S, V, 3, 3] once views are dynamic
 
     def per_sample_project(points: torch.Tensor, rotations: torch.Tensor, mode: str, dist) -> torch.Tensor:
         """Project ``[S, L, J, 3]`` into ``[S, V, L, J, 2]``; rotations ``[V,3,3]`` or per sample ``[S,V,3,3]``."""
@@ -115,8 +113,8 @@ def mas_sample(
         return eps3d, torch.randn(num_samples, views, length, joints, 2, device=device, generator=generator)
 
     eps3d, x = draw_noise(rot)  # x_T: projected 3D noise, [S, V, L, J, 2] in z-space
-    history: list[tuple[int, torch.Tensor, torch.Tensor]] = [(-1, torch.empty(0), eps3d)]  # for dynamic views
-    motion = None
+    # dynamic views replay every step's 3D estimate and 3D noise; without them nothing is kept
+    history: list[tuple[int, torch.Tensor, torch.Tensor]] = [(-1, torch.empty(0), eps3d)] if cfg.dynamic_views else []
     iterator = tqdm(reversed(range(diffusion.num_steps)), total=diffusion.num_steps, disable=not progress, desc="MAS")
     for i in iterator:
         t = torch.full((num_samples * views,), i, device=device, dtype=torch.long)
@@ -127,24 +125,21 @@ def mas_sample(
         _check_finite("the triangulated motion", motion, i)
         z0_tilde = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
         eps3d, noise = draw_noise(rot)
-        x = _posterior(diffusion, z0_tilde, x, i, noise)
-        history.append((i, motion, eps3d))
-        if cfg.dynamic_views and i > 0:
-            offset = torch.rand(num_samples, 1, device=device, generator=generator) * (2 * math.pi / views)
-            azimuths = base + offset
-            rot = _rotations(azimuths, cfg.elevation)
-            x = _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
+        x = diffusion.step(z0_tilde, x, _timestep(i, num_samples, device), noise)
+        if cfg.dynamic_views:
+            history.append((i, motion, eps3d))
+            if i > 0:
+                offset = torch.rand(num_samples, 1, device=device, generator=generator) * (2 * math.pi / views)
+                rot = _rotations(base + offset, cfg.elevation)
+                x = _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
     final = per_sample_triangulate(trained.denormalise(x), rot)
     _check_finite("the final motion", final, 0)
     return final
 
 
-def _posterior(diffusion, z0: torch.Tensor, xt: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
-    """The DDPM posterior step for a whole ``[S, V, L, J, 2]`` block at one timestep index ``i``."""
-    coef_x0 = float(diffusion.posterior_coef_x0[i])
-    coef_xt = float(diffusion.posterior_coef_xt[i])
-    sigma = float(np.sqrt(diffusion.posterior_variance[i]))
-    return coef_x0 * z0 + coef_xt * xt + sigma * noise
+def _timestep(i: int, num_samples: int, device) -> torch.Tensor:
+    """Timestep index ``i`` for each sample (``Diffusion.step`` broadcasts it over views, frames and joints)."""
+    return torch.full((num_samples,), i, device=device, dtype=torch.long)
 
 
 def _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance) -> torch.Tensor:
@@ -152,5 +147,6 @@ def _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
     x = per_sample_project(history[0][2], rot, "orthographic", None)
     for i, motion, eps3d in history[1:]:
         z0 = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
-        x = _posterior(diffusion, z0, x, i, per_sample_project(eps3d, rot, "orthographic", None))
+        noise = per_sample_project(eps3d, rot, "orthographic", None)
+        x = diffusion.step(z0, x, _timestep(i, len(motion), motion.device), noise)
     return x
