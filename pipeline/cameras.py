@@ -100,20 +100,23 @@ def project(points: Any, rotations: Any, distance: float | None = DEFAULT_DISTAN
     return distance * cam[..., :2] / depth
 
 
-def body_size(xy: np.ndarray, valid: np.ndarray) -> float:
-    """Median over frames of the RMS distance of valid joints from their centroid.
+def frame_spread(xy: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-frame RMS distance of the valid joints from their centroid: ``xy [L, J, 2]``, ``valid [L, J]`` → ``[L]``,
+    NaN for frames with fewer than two valid joints (NaNs of invalid joints never leak in)."""
+    w = valid.astype(np.float64)
+    count = w.sum(-1)
+    pts = np.where(valid[..., None], xy, 0.0).astype(np.float64)
+    centroid = pts.sum(1) / np.maximum(count, 1)[:, None]
+    spread = np.sqrt((((pts - centroid[:, None]) ** 2).sum(-1) * w).sum(1) / np.maximum(count, 1))
+    return np.where(count >= 2, spread, np.nan)
 
-    ``xy [L, J, 2]``, ``valid [L, J]`` (bool).
-    """
-    counts = valid.sum(-1)
-    frames = counts >= 2
-    if not frames.any():
+
+def body_size(xy: np.ndarray, valid: np.ndarray) -> float:
+    """Median over frames of :func:`frame_spread` (``xy [L, J, 2]``, ``valid [L, J]`` bool)."""
+    spread = frame_spread(xy, valid)
+    if np.isnan(spread).all():
         raise ValueError("cannot measure body size: no frame has two or more confident joints")
-    w = valid[frames][..., None].astype(np.float64)
-    pts = np.where(w > 0, xy[frames], 0.0).astype(np.float64)  # NaNs of invalid joints must not leak in
-    centroid = (pts * w).sum(1, keepdims=True) / w.sum(1, keepdims=True)
-    rms = np.sqrt((((pts - centroid) ** 2).sum(-1) * w[..., 0]).sum(1) / w[..., 0].sum(1))
-    return float(np.median(rms))
+    return float(np.nanmedian(spread))
 
 
 def normalize_2d(

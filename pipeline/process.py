@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import butter, filtfilt, savgol_filter
 
-from pipeline.cameras import normalize_2d
+from pipeline.cameras import frame_spread, normalize_2d
 from pipeline.config import ProcessConfig
 from pipeline.skeletons import Skeleton, mirror
 from storage.tables import BOX_COLUMNS, keypoints_of
@@ -93,12 +93,7 @@ def _root_and_size(keypoints: np.ndarray, skeleton: Skeleton, threshold: float) 
     root_xy = np.where(root_ok[:, None, None], xy[:, list(skeleton.root)], 0.0).mean(1)
     root = np.where(root_ok[:, None], root_xy, np.nan)
     body = skeleton.body_joints
-    w = ok[:, body]
-    count = w.sum(1)
-    safe = np.where(w[..., None], xy[:, body], 0.0)
-    centroid = safe.sum(1) / np.maximum(count, 1)[:, None]
-    spread = np.sqrt((((safe - centroid[:, None]) ** 2).sum(-1) * w).sum(1) / np.maximum(count, 1))
-    return root, np.where(count >= 2, spread, np.nan)
+    return root, frame_spread(xy[:, body], ok[:, body])
 
 
 def split_track(track: Track, skeleton: Skeleton, cfg: ProcessConfig) -> list[Track]:
