@@ -7,7 +7,6 @@ task that fails for one video is recorded (catalog + task state) and leaves the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -28,12 +27,12 @@ class VideoStageError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------------ tasks
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}")
 def download_item(workspace: str, source: dict[str, Any], item: str, config: str) -> list[dict[str, Any]]:
-    from pipeline.download import download_url, ingest_file
+    from pipeline.download import fetch_item
 
     ws, cfg = open_inputs(workspace, config)
     src = Source(**source)
-    results = [ingest_file(ws, Path(item), src, item)] if src.kind == "local" else download_url(
-        ws, item, src, cfg.download.model_copy(update={"retries": 0}))  # fmt: skip
+    # Prefect retries the task with backoff, so yt-dlp itself does not retry here
+    results = fetch_item(ws, src, item, cfg.download.model_copy(update={"retries": 0}))
     rows = [{"video_id": r.video_id, "status": r.status, "source": r.source, "error": r.error} for r in results]
     network_failures = [r for r in results if r.status == "failed" and src.kind != "local"]
     if network_failures:  # let Prefect retry with backoff; the catalog keeps the error meanwhile

@@ -179,6 +179,13 @@ def download_url(
         return [ingest_file(ws, f, source, url) for f in files]
 
 
+def fetch_item(ws: Workspace, source: Source, item: str, cfg: DownloadConfig) -> list[IngestResult]:
+    """One item of :func:`expand_sources`: a local file is ingested, anything else downloaded with yt-dlp."""
+    if source.kind == "local":
+        return [ingest_file(ws, Path(item), source, item)]
+    return download_url(ws, item, source, cfg)
+
+
 def download_all(ws: Workspace, sources: Iterable[Source], cfg: DownloadConfig, progress: bool = True):
     """Ingest every source item; returns one result per video (failures included)."""
     from tqdm.auto import tqdm
@@ -186,8 +193,5 @@ def download_all(ws: Workspace, sources: Iterable[Source], cfg: DownloadConfig, 
     results: list[IngestResult] = []
     items = expand_sources(sources)
     for source, item in tqdm(items, desc="download", disable=not progress, unit="video"):
-        if source.kind == "local":
-            results.append(ingest_file(ws, Path(item), source, item))
-        else:
-            results.extend(download_url(ws, item, source, cfg))
+        results.extend(fetch_item(ws, source, item, cfg))
     return results
