@@ -253,7 +253,6 @@ def train(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )  # fmt: skip
-    mean_t = torch.as_tensor(dataset.mean, device=device)
 
     def save() -> None:
         if rank != 0:
@@ -270,7 +269,7 @@ def train(
                 "skeleton": dataset.skeleton,
                 "fps": float(dataset.meta.get("fps", 30.0)),
                 "conf_threshold": dataset.conf_threshold,
-                "mean": mean_t.cpu(),
+                "mean": torch.as_tensor(dataset.mean),
                 "std": torch.as_tensor(dataset.std),
             },
             "rng": {
