@@ -6,7 +6,6 @@ All metrics are vectorised (torch.cdist / batched einsum), never O(N^2) Python l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,11 +59,6 @@ def mean_ci(values: list[float] | np.ndarray) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return float(values.mean()), float(half)
-
-
-def repeated(metric: Callable[[np.random.Generator], float], repeats: int = 10, seed: int = 0) -> tuple[float, float]:
-    """Mean and 95% confidence half-width of ``metric(rng)`` over ``repeats`` random draws."""
-    return mean_ci([metric(np.random.default_rng([seed, r])) for r in range(repeats)])
 
 
 # ------------------------------------------------------------------------------------------------------ 3D metrics
