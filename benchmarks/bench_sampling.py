@@ -1,7 +1,7 @@
 """Time and peak memory per sample of MAS and SDS with the default model (8 layers, 512 d, T = 100, 5 views),
 for 1 sample and a batch of 64, against the paper's Table 1 (MAS 9 s / 794 MB, DreamFusion 17 s, on GPU).
 
-    python -m benchmarks.bench_sampling [--device cuda] [--batch 64] [--length 120]
+    python -m benchmarks.bench_sampling [--device cuda] [--batch 64] [--length 120] [--precision auto|fp32|int8]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from benchmarks.common import peak_memory_mb, write_result
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
+from models.int8 import PRECISIONS, resolve_precision, with_precision
 from models.mas import MASConfig, mas_sample
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
@@ -45,9 +46,11 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="result file name (default: sampling_<device>)")
     parser.add_argument("--sds-iterations", type=int, default=1000)
     parser.add_argument("--skip-sds", action="store_true")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: int8 on CPU, fp32 on GPU")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    trained = default_model(device, max_len=args.length)
+    precision = resolve_precision(args.precision, device)
+    trained = with_precision(default_model(device, max_len=args.length), precision)
     rows = []
     with torch.inference_mode(False):
         mas_sample(trained, 1, args.length, MASConfig(steps=2))  # warm-up
@@ -67,10 +70,11 @@ def main() -> None:
         per = seconds / n
         lines.append(f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {memory:.0f} | {paper[method] / per:.2f}x |")
     body = (
-        f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}. "
+        f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}, "
+        f"{precision} linear layers. "
         "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
     )
-    write_result(args.name or f"sampling_{device.type}", "MAS and SDS sampling speed", body)
+    write_result(args.name or f"sampling_{device.type}_{precision}", "MAS and SDS sampling speed", body)
 
 
 if __name__ == "__main__":

@@ -164,8 +164,8 @@ def train_flow(dataset: str, workspace: str = "workspace", run: str | None = Non
 @flow(name="sample", log_prints=True)
 def sample_flow(run: str, workspace: str = "workspace", name: str | None = None, method: str = "mas",
                 num_samples: int = 8, length: int | None = None, views: int = 5, seed: int = 0,
-                device: str = "auto") -> dict[str, Any]:  # fmt: skip
-    """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures."""
+                device: str = "auto", precision: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures (precision auto: int8 on CPU)."""
     from models.mas import MASConfig
     from pipeline.sample_stage import run_sampling
 
@@ -173,7 +173,7 @@ def sample_flow(run: str, workspace: str = "workspace", name: str | None = None,
     with gpu_slot():
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
                               length=length, mas=MASConfig(num_views=views), seed=seed, device=device,
-                              progress=False)  # fmt: skip
+                              precision=precision, progress=False)  # fmt: skip
     links = "\n".join(f"- `{p}`" for p in result.paths)
     artifacts.markdown(key(f"samples-{result.name}"), f"# Samples `{result.name}`\n\n{links}\n", "sample outputs")
     return {"name": result.name, "shape": list(result.motions.shape), "seconds": result.seconds}

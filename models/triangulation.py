@@ -5,13 +5,17 @@ Replaces the official code's 1000 Adam iterations per diffusion step:
 - perspective: DLT on ``(d r_k - x_k r_z) · X = d x_k`` followed by a few Gauss-Newton steps on the true
   reprojection error.
 Views may be weighted per joint (e.g. by confidence). All work stays on the input's device.
+
+Every system here has rows ``d r_k - q_k r_z`` (k = image x, y; r = the view's camera axes), so its normal equations
+are a per-point linear combination of a few constant per-view matrices (:func:`_system_basis`): they are built with
+one matrix product (:func:`_normal_equations`) instead of per-point outer products, which keeps a MAS step cheap.
 """
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.cameras import project
+from pipeline.cameras import project, to_camera
 
 _RIDGE = 1e-9
 
@@ -38,17 +42,55 @@ def _check(points: torch.Tensor, rotations: torch.Tensor) -> None:
         raise ValueError("triangulation needs at least 2 views")
 
 
+def _system_basis(rot: torch.Tensor, distance: float) -> torch.Tensor:
+    """The constant per-view terms ``[V, 7, 12]`` of :func:`_normal_equations` (9 entries of A, then 3 of b).
+
+    Rows ``d r_k - q_k r_z`` (k = image x, y) give ``Σ_k row_k row_kᵀ = d² (r₀r₀ᵀ + r₁r₁ᵀ) - d Σ_k q_k (r_k r_zᵀ +
+    r_z r_kᵀ) + |q|² r_z r_zᵀ`` and ``Σ_k row_k y_k = d Σ_k y_k r_k - (q·y) r_z``.
+    """
+    r0, r1, rz = rot[:, 0], rot[:, 1], rot[:, 2]  # [V, 3]
+
+    def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a[:, :, None] * b[:, None, :]).flatten(1)  # [V, 9]
+
+    matrix_terms = [
+        distance**2 * (outer(r0, r0) + outer(r1, r1)),
+        -distance * (outer(r0, rz) + outer(rz, r0)),
+        -distance * (outer(r1, rz) + outer(rz, r1)),
+        outer(rz, rz),
+    ]
+    vector_terms = [distance * r0, distance * r1, -rz]
+    basis = torch.zeros(rot.shape[0], 7, 12, dtype=rot.dtype, device=rot.device)
+    basis[:, :4, :9] = torch.stack(matrix_terms, 1)
+    basis[:, 4:, 9:] = torch.stack(vector_terms, 1)
+    return basis
+
+
+def _normal_equations(
+    basis: torch.Tensor, q: torch.Tensor, u: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ u row rowᵀ`` and ``Σ u row y`` over views and image axes for rows ``d r_k - q_k r_z``, as seven per-point
+    coefficients times the constant per-view terms of :func:`_system_basis`, summed by one matrix product.
+
+    ``q``, ``y [..., V, L, J, 2]``; ``u [..., V, L, J]`` → ``[..., L, J, 3, 3]``, ``[..., L, J, 3]``.
+    """
+    q0, q1 = q.unbind(-1)
+    y0, y1 = y.unbind(-1)
+    coeffs = torch.stack([u, u * q0, u * q1, u * (q0 * q0 + q1 * q1), u * y0, u * y1, u * (q0 * y0 + q1 * y1)], -1)
+    views, frames, joints = coeffs.shape[-4:-1]
+    flat = coeffs.movedim(-4, -2).reshape(*coeffs.shape[:-4], frames, joints, views * 7)
+    both = flat @ basis.reshape(views * 7, 12)
+    return both[..., :9].unflatten(-1, (3, 3)), both[..., 9:]
+
+
 def triangulate_orthographic(
     points: torch.Tensor, rotations: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``points [..., V, L, J, 2]``, ``rotations [V, 3, 3]`` → ``[..., L, J, 3]`` minimising Σ w ‖R_xy X − x‖²."""
     _check(points, rotations)
     w = _weights(points, weights)
-    proj = rotations[:, :2, :].to(points)  # [V, 2, 3]
-    ptp = proj.transpose(1, 2) @ proj  # [V, 3, 3]
-    a = torch.einsum("...vlj,vab->...ljab", w, ptp)
-    b = torch.einsum("...vlj,vka,...vljk->...lja", w, proj, points)
-    return _solve(a, b)
+    basis = _system_basis(rotations.to(points), 1.0)
+    return _solve(*_normal_equations(basis, torch.zeros_like(points), w, points))
 
 
 def triangulate_perspective(
@@ -62,25 +104,17 @@ def triangulate_perspective(
     _check(points, rotations)
     w = _weights(points, weights)
     rot = rotations.to(points)
-    r_xy, r_z = rot[:, :2, :], rot[:, 2, :]  # [V, 2, 3], [V, 3]
-    # rows (d r_k - x_k r_z) [..., V, L, J, 2, 3], right-hand side d x_k
-    rows = distance * r_xy[:, None, None] - points.unsqueeze(-1) * r_z[:, None, None, None, :]
-    rhs = distance * points
-    a = torch.einsum("...vlj,...vljka,...vljkb->...ljab", w, rows, rows)
-    b = torch.einsum("...vlj,...vljka,...vljk->...lja", w, rows, rhs)
-    x = _solve(a, b)
+    basis = _system_basis(rot, distance)
+    # DLT rows (d r_k - x_k r_z) · X = d x_k
+    x = _solve(*_normal_equations(basis, points, w, distance * points))
     for _ in range(refine_iters):
-        cam = torch.einsum("vab,...ljb->...vlja", rot, x)  # [..., V, L, J, 3]
-        depth = (distance + cam[..., 2:3]).clamp_min(1e-6)
-        proj = distance * cam[..., :2] / depth
-        residual = proj - points
-        # d proj / d X = d/depth * R_xy - d * cam_xy / depth^2 ⊗ R_z
-        jac = (distance / depth).unsqueeze(-1) * r_xy[:, None, None] - (distance * cam[..., :2] / depth**2).unsqueeze(
-            -1
-        ) * r_z[:, None, None, None, :]
-        jtj = torch.einsum("...vlj,...vljka,...vljkb->...ljab", w, jac, jac)
-        jtr = torch.einsum("...vlj,...vljka,...vljk->...lja", w, jac, residual)
-        x = x - _solve(jtj, jtr)
+        cam = to_camera(x, rot)  # [..., V, L, J, 3]
+        depth = (distance + cam[..., 2]).clamp_min(1e-6)
+        proj = distance * cam[..., :2] / depth.unsqueeze(-1)
+        # the Jacobian of proj is (d r_k - proj_k r_z) / depth: Gauss-Newton's JᵀJ and Jᵀr are the same kind of
+        # system with weights w / depth² and right-hand side depth * residual
+        residual = (proj - points) * depth.unsqueeze(-1)
+        x = x - _solve(*_normal_equations(basis, proj, w / depth**2, residual))
     return x
 
 

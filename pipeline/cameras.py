@@ -75,10 +75,9 @@ def view_rotations(num_views: int, elevation: float = DEFAULT_ELEVATION) -> np.n
 def to_camera(points: Any, rotations: Any) -> Any:
     """Rotate world points ``[..., L, J, 3]`` into every camera of ``rotations [V, 3, 3]``: ``[..., V, L, J, 3]``."""
     rot = _like(rotations, points)
-    if _is_torch(points):
-        import torch
-
-        return torch.einsum("vij,...lkj->...vlki", rot, points)
+    if _is_torch(points):  # one [N, 3] x [3, 3V] matrix product, then views moved in front of frames
+        cam = points.reshape(-1, 3) @ rot.reshape(-1, 3).T
+        return cam.reshape(*points.shape[:-1], rot.shape[0], 3).movedim(-2, -4)
     return np.einsum("vij,...lkj->...vlki", rot, points)
 
 

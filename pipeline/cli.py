@@ -32,6 +32,9 @@ WorkspaceOpt = Annotated[
 ]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Dataset config YAML, e.g. configs/nba.yaml.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when finished outputs exist.")]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="Denoiser arithmetic when sampling: auto (int8 on CPU, fp32 on GPU), fp32 or int8.")
+]
 DEFAULT_WORKSPACE = Path("workspace")
 
 
@@ -257,6 +260,7 @@ def sample(
     annealed: Annotated[bool, typer.Option(help="SDS: anneal t from T to 0.")] = False,
     render: Annotated[int, typer.Option(min=0, help="Render this many samples as mp4 + views PNG.")] = 2,
     device: str = "auto",
+    precision: PrecisionOpt = "auto",
     seed: int = 0,
     force: ForceOpt = False,
 ) -> None:
@@ -274,8 +278,8 @@ def sample(
         sds_cfg = SDSConfig(iterations=sds_iterations, elevation=elevation, distance=distance, projection=projection,
                             annealed=annealed)  # fmt: skip
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
-                              length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, render=render,
-                              force=force)  # fmt: skip
+                              length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, precision=precision,
+                              render=render, force=force)  # fmt: skip
     except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
@@ -315,6 +319,7 @@ def evaluate(
     repeats: Annotated[int, typer.Option(min=1, help="Repeated draws for the 95% CI.")] = 10,
     evaluator_steps: Annotated[int, typer.Option(min=1)] = 1500,
     device: str = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Stage 7: FID, diversity, precision/recall (all and side views) and the 3D benchmark where 3D truth exists."""
     from models.checkpoint import CheckpointError
@@ -326,7 +331,8 @@ def evaluate(
     sets = list(sample_set or [])
     try:
         if ablation:
-            sets += ablation_sample_sets(ws, run, num_samples=num_samples, length=length, device=device)
+            sets += ablation_sample_sets(ws, run, num_samples=num_samples, length=length, device=device,
+                                         precision=precision)  # fmt: skip
         if not sets:
             fail("nothing to evaluate: pass --samples NAME (from `mas sample`) or --ablation")
         result = run_evaluation(ws, run, name or f"{run}-eval", sets, length=length, repeats=repeats,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CHECKPOINT_NAME, load_trained_model
+from models.int8 import resolve_precision, with_precision
 from models.mas import MASConfig, SamplingError, mas_sample
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
@@ -49,6 +50,7 @@ def run_sampling(
     sds: SDSConfig | None = None,
     seed: int = 0,
     device: str = "auto",
+    precision: str = "auto",
     render: int = 2,
     expected_skeleton: str | None = None,
     force: bool = False,
@@ -61,8 +63,10 @@ def run_sampling(
     catalog = Catalog(ws)
     folder = ws.samples_dir(name)
     npz_path = f"{folder}/motions.npz"
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)  # auto: int8 linear layers on CPU, fp32 on GPU
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
-              "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
+              "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
     key = stage_key("sample", [file_sha256(ckpt, ws.fs)] if ws.exists(ckpt) else [], params)
     if not force and catalog.is_done("sample", name, key):
         with ws.local_copy(npz_path) as local:
@@ -70,7 +74,7 @@ def run_sampling(
         record = catalog.get("sample", name)
         return SampleResult(name, motions, [ws.absolute(p) for p in record.outputs], 0.0, skipped=True)
 
-    trained = load_trained_model(ws, run, resolve_device(device))
+    trained = load_trained_model(ws, run, dev)
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
         raise SamplingError(
             f"checkpoint {run!r} was trained on skeleton {trained.skeleton!r}, not {expected_skeleton!r}; "
@@ -81,6 +85,7 @@ def run_sampling(
     catalog.mark_running("sample", name, key=key, run=run, method=method)
     try:
         start = time.perf_counter()
+        trained = with_precision(trained, precision)
         if method == "mas":
             motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)
         else:
@@ -91,7 +96,7 @@ def run_sampling(
     except BaseException as exc:
         catalog.mark_failed("sample", name, exc, key=key)
         raise
-    meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples}
+    meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples, "precision": precision}
     catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
     return SampleResult(name, motions_np, paths, seconds)
 
@@ -140,17 +145,18 @@ ABLATIONS: dict[str, dict] = {
 
 
 def ablation_sample_sets(ws: Workspace, run: str, num_samples: int = 64, length: int | None = None,
-                         device: str = "auto", seed: int = 0) -> list[str]:  # fmt: skip
+                         device: str = "auto", seed: int = 0, precision: str = "auto") -> list[str]:  # fmt: skip
     """Sample the Table 3 ablations (views, camera distance, diffusion steps, no 3D noise) plus SDS; returns names."""
     names = []
     for label, change in ABLATIONS.items():
         name = f"{run}-mas-{label}"
         run_sampling(ws, run, name, num_samples=num_samples, length=length, mas=MASConfig(**change), seed=seed,
-                     device=device, render=0, progress=False)  # fmt: skip
+                     device=device, precision=precision, render=0, progress=False)  # fmt: skip
         names.append(name)
     for label, annealed in (("sds", False), ("sds-annealed", True)):
         name = f"{run}-{label}"
         run_sampling(ws, run, name, method="sds", num_samples=num_samples, length=length,
-                     sds=SDSConfig(annealed=annealed), seed=seed, device=device, render=0, progress=False)  # fmt: skip
+                     sds=SDSConfig(annealed=annealed), seed=seed, device=device, precision=precision, render=0,
+                     progress=False)  # fmt: skip
         names.append(name)
     return names
