@@ -1,6 +1,7 @@
 """Run the quick benchmarks (`make benchmark`).
 
-The 3D benchmark is separate and longer: `python -m benchmarks.mas_3d_benchmark`.
+The 3D benchmark is separate and longer: `python -m benchmarks.mas_3d_benchmark --workspace W`, after which
+`python -m benchmarks.int8_quality --workspace W` compares int8 and fp32 sampling on its trained model.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ QUICK = [
     ["benchmarks.bench_process", "--clips", "10000"],
     ["benchmarks.bench_video"],
     ["benchmarks.bench_train", "--steps", "10"],
-    ["benchmarks.bench_sampling", "--batch", "8"],  # use --batch 64 --device cuda on a GPU
+    ["benchmarks.bench_sampling", "--batch", "8"],  # auto: int8 on CPU; use --batch 64 --device cuda on a GPU
+    ["benchmarks.bench_sampling", "--batch", "8", "--precision", "fp32", "--skip-sds"],
 ]
 
 if __name__ == "__main__":

@@ -283,7 +283,7 @@ def sample(
     except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
-    note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s"
+    note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s ({result.precision})"
     typer.echo(f"{len(result.motions)} motions {tuple(result.motions.shape)}{note}")
     for path in result.paths:
         typer.echo(f"  {path}")

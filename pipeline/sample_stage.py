@@ -36,6 +36,7 @@ class SampleResult:
     paths: list[str]
     seconds: float
     skipped: bool = False
+    precision: str = "fp32"
 
 
 def run_sampling(
@@ -72,7 +73,7 @@ def run_sampling(
         with ws.local_copy(npz_path) as local:
             motions = np.load(local)["motions"]
         record = catalog.get("sample", name)
-        return SampleResult(name, motions, [ws.absolute(p) for p in record.outputs], 0.0, skipped=True)
+        return SampleResult(name, motions, [ws.absolute(p) for p in record.outputs], 0.0, True, precision)
 
     trained = load_trained_model(ws, run, dev)
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
@@ -98,7 +99,7 @@ def run_sampling(
         raise
     meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples, "precision": precision}
     catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
-    return SampleResult(name, motions_np, paths, seconds)
+    return SampleResult(name, motions_np, paths, seconds, precision=precision)
 
 
 def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig) -> list[str]:
