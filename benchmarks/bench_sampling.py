@@ -1,7 +1,7 @@
 """Time and peak memory per sample of MAS and SDS with the default model (8 layers, 512 d, T = 100, 5 views),
 for 1 sample and a batch of 64, against the paper's Table 1 (MAS 9 s / 794 MB, DreamFusion 17 s, on GPU).
 
-    python -m benchmarks.bench_sampling [--device cuda] [--batch 64] [--length 120] [--precision auto|fp32|int8]
+    python -m benchmarks.bench_sampling [--device cuda] [--batch 64] [--length 120] [--precision auto|fp32|int8|bf16]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from benchmarks.common import peak_memory_mb, write_result
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
-from models.int8 import PRECISIONS, resolve_precision, with_precision
 from models.mas import MASConfig, mas_sample
+from models.precision import PRECISIONS, resolve_precision, with_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 
@@ -77,7 +77,7 @@ def main() -> None:
         lines.append(f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {listed} | {memory:.0f} | {speed:.2f}x |")
     body = (
         f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}, "
-        f"{precision} linear layers. "
+        f"denoiser precision {precision}. "
         "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
     )
     write_result(args.name or f"sampling_{device.type}_{precision}", "MAS and SDS sampling speed", body)

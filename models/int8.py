@@ -7,61 +7,33 @@ channel, activations per tensor, through PyTorch's fbgemm/oneDNN kernels), atten
 ``scaled_dot_product_attention``. The input/output projections and the timestep MLP stay fp32 (they are tiny).
 
 Sampling with it is an approximation of fp32 sampling: ``benchmarks/results/int8_quality.md`` measures the
-difference on trained models. Training never uses it; GPUs keep fp32.
+difference on trained models. Training never uses it; ``models.precision`` decides when sampling does.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import TrainedModel
 from models.denoiser import MotionDenoiser
 
-PRECISIONS = ("auto", "fp32", "int8")
 
-
-class PrecisionError(ValueError):
-    """A precision that does not exist or cannot run on the chosen device."""
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means int8 on CPU and fp32 elsewhere; ``int8`` is refused off the CPU."""
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "int8" if device.type == "cpu" and int8_available() else "fp32"
-    if precision == "int8" and device.type != "cpu":
-        raise PrecisionError(f"int8 inference runs on the CPU only, not on {device}; use --precision fp32 there")
-    if precision == "int8" and not int8_available():
-        raise PrecisionError(
-            "this PyTorch build has no quantised CPU kernels (torch.ops.quantized.linear_dynamic); "
-            "use --precision fp32 or install the pinned torch==2.14.1"
-        )
-    return precision
+class QuantisationError(ValueError):
+    """A model or device that int8 inference does not support."""
 
 
 def int8_available() -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and bool(torch.backends.quantized.supported_engines)
 
 
-def with_precision(trained: TrainedModel, precision: str) -> TrainedModel:
-    """``trained`` itself for fp32, or a copy whose denoiser runs int8 linear layers (``auto`` is resolved here)."""
-    resolved = resolve_precision(precision, trained.device)
-    if resolved == "fp32":
-        return trained
-    return dataclasses.replace(trained, model=quantize_denoiser(trained.model))
-
-
 def quantize_denoiser(model: MotionDenoiser) -> MotionDenoiser:
     """A copy of ``model`` (left untouched) whose transformer encoder runs int8 linear layers on the CPU."""
     if next(model.parameters()).device.type != "cpu":
-        raise PrecisionError("int8 inference runs on the CPU only; move the model to the CPU first")
+        raise QuantisationError("int8 inference runs on the CPU only; move the model to the CPU first")
     fast = copy.deepcopy(model).eval().requires_grad_(False)
     fast.encoder = Int8Encoder(model.encoder)
     return fast
@@ -74,7 +46,7 @@ class Int8EncoderLayer(nn.Module):
         super().__init__()
         attention = layer.self_attn
         if layer.norm_first or layer.activation_relu_or_gelu != 2 or not attention.batch_first:
-            raise PrecisionError("int8 inference supports the denoiser's post-norm, GELU, batch-first layers only")
+            raise QuantisationError("int8 inference supports the denoiser's post-norm, GELU, batch-first layers only")
         self.num_heads = attention.num_heads
         self.qkv = _int8_linear(attention.in_proj_weight, attention.in_proj_bias)
         self.out = _int8_linear(attention.out_proj.weight, attention.out_proj.bias)
@@ -97,7 +69,7 @@ class Int8Encoder(nn.Module):
     def __init__(self, encoder: nn.TransformerEncoder):
         super().__init__()
         if encoder.norm is not None:
-            raise PrecisionError("int8 inference supports encoders without a final norm only")
+            raise QuantisationError("int8 inference supports encoders without a final norm only")
         self.layers = nn.ModuleList(Int8EncoderLayer(layer) for layer in encoder.layers)
 
     def forward(self, tokens: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

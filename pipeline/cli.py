@@ -33,7 +33,7 @@ WorkspaceOpt = Annotated[
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Dataset config YAML, e.g. configs/nba.yaml.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when finished outputs exist.")]
 PrecisionOpt = Annotated[
-    str, typer.Option(help="Denoiser arithmetic when sampling: auto (int8 on CPU, fp32 on GPU), fp32 or int8.")
+    str, typer.Option(help="Denoiser arithmetic: auto (int8 on CPU, fp32 on GPU), fp32, int8 (CPU) or bf16 (GPU).")
 ]
 DEFAULT_WORKSPACE = Path("workspace")
 

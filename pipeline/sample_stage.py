@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from models.checkpoint import CHECKPOINT_NAME, load_trained_model
-from models.int8 import resolve_precision, with_precision
 from models.mas import MASConfig, SamplingError, mas_sample
+from models.precision import resolve_precision, with_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 from pipeline.cameras import project, view_azimuths, view_rotations

@@ -1,4 +1,4 @@
-"""Int8 CPU inference of the denoiser: close to fp32, same interface, chosen explicitly or by ``auto`` on CPU."""
+"""Sampling precisions: int8 CPU inference and bf16 autocast stay close to fp32; ``auto`` picks int8 on CPU."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,9 @@ import torch
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
-from models.int8 import PrecisionError, quantize_denoiser, resolve_precision, with_precision
+from models.int8 import QuantisationError, quantize_denoiser
 from models.mas import MASConfig, mas_sample
+from models.precision import PrecisionError, resolve_precision, with_precision
 from models.trainer import TrainConfig
 from pipeline.sample_stage import run_sampling
 from pipeline.train_stage import run_training
@@ -43,25 +44,29 @@ def test_int8_denoiser_matches_fp32_with_and_without_padding(default_model):
         assert isinstance(getattr(fast.encoder.layers[0], name), torch.ao.nn.quantized.dynamic.Linear)
 
 
-def test_int8_mas_samples_stay_close_to_fp32_ones(default_model):
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, precision):
     trained = TrainedModel(default_model, Diffusion.cosine(20), torch.zeros(17, 2), torch.full((17, 2), 0.3),
                            "coco17", 0.5, 30.0, 0)  # fmt: skip
     config = MASConfig(num_views=3)
     reference = mas_sample(trained, 2, 24, config, seed=3)
-    fast = mas_sample(with_precision(trained, "int8"), 2, 24, config, seed=3)
+    fast = mas_sample(with_precision(trained, precision), 2, 24, config, seed=3)
     spread = (reference - reference.mean(dim=(1, 2), keepdim=True)).norm(dim=-1).mean()
-    assert torch.isfinite(fast).all()
-    assert (fast - reference).norm(dim=-1).mean() / spread < 0.1
+    assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
+    assert 0 < (fast - reference).norm(dim=-1).mean() / spread < 0.1
 
 
 def test_precision_resolution_and_errors(default_model):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu) == "int8" and resolve_precision("auto", cuda) == "fp32"
     assert resolve_precision("fp32", cpu) == "fp32"
-    with pytest.raises(PrecisionError, match="unknown precision 'fp16'; use one of auto, fp32, int8"):
+    assert resolve_precision("bf16", cuda) == "bf16"
+    with pytest.raises(PrecisionError, match="unknown precision 'fp16'; use one of auto, fp32, int8, bf16"):
         resolve_precision("fp16", cpu)
-    with pytest.raises(PrecisionError, match="CPU only.*--precision fp32"):
+    with pytest.raises(PrecisionError, match="CPU only.*--precision fp32 or bf16"):
         resolve_precision("int8", cuda)
+    with pytest.raises(QuantisationError, match="CPU only"):
+        quantize_denoiser(MotionDenoiser(DenoiserConfig(num_joints=2, max_len=4)).to("meta"))
     trained = TrainedModel(default_model, Diffusion.cosine(10), torch.zeros(17, 2), torch.ones(17, 2), "coco17",
                            0.5, 30.0, 0)  # fmt: skip
     assert with_precision(trained, "fp32") is trained
