@@ -2,7 +2,8 @@
 
 ``samples/<name>/``: ``motions.npz`` (``motions [S, L, J, 3]`` plus the parameters as JSON), ``sample_XX.bvh`` for
 human skeletons, ``sample_XX.mp4`` (orbiting camera) and ``sample_XX_views.png`` (the MAS views side by side) for
-the first ``render`` samples.
+the first ``render`` samples. The denoiser runs in the requested precision (``auto``: int8 on CPU, fp32 on GPU; see
+``models/precision.py``), which is recorded with the parameters.
 """
 
 from __future__ import annotations
