@@ -8,6 +8,10 @@
     mean.npy       float32 [J, 2]: per-joint, per-axis mean over the train split (confident joints only)
     std.npy        float32 [J, 2]: the matching standard deviation
     meta.json      skeleton, fps, conf_threshold, counts, the parameters that made it
+    truth_3d.npz   only for datasets made from known 3D motions (benchmarks): ``train`` and ``test`` float32
+                   [N, L, J, 3] windows with their ``train_ids`` / ``test_ids`` (clip ids of the index) and ``fps``.
+                   Training never reads it; evaluation compares generated motions with ``test`` (held-out truth) and
+                   scores ``train`` against ``test`` as the floor.
 
 ``clips.npy`` is memory-mapped when read, so training draws batches without per-file reads. The MAS code's layout
 (``motions/*.npy`` + ``Mean.npy``/``Std.npy``) is produced by :func:`export_mas_layout` and read by
@@ -163,6 +167,47 @@ def open_motion_dataset(ws: Workspace, name: str) -> MotionDataset:
     if int(index["length"].sum()) != clips.shape[0]:
         raise DatasetFormatError(f"dataset {name!r}: index lengths do not add up to the {clips.shape[0]} frames")
     return MotionDataset(folder, clips, index, mean, std, meta)
+
+
+TRUTH_3D = "truth_3d.npz"
+
+
+@dataclass
+class Truth3D:
+    """Known 3D motions behind a benchmark dataset, split into whole train and test motions before projection."""
+
+    train: np.ndarray  # [N_train, L, J, 3]
+    test: np.ndarray  # [N_test, L, J, 3]
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    fps: float
+
+
+def write_truth_3d(ws: Workspace, name: str, truth: Truth3D) -> str:
+    """Save the 3D truth beside dataset ``name`` (atomically)."""
+    for part in ("train", "test"):
+        array, ids = getattr(truth, part), getattr(truth, f"{part}_ids")
+        if array.ndim != 4 or array.shape[-1] != 3 or len(array) != len(ids) or not np.isfinite(array).all():
+            raise ValueError(f"truth 3D {part}: need finite [N, L, J, 3] with one id per motion, got {array.shape}")
+    overlap = set(map(str, truth.train_ids)) & set(map(str, truth.test_ids))
+    if overlap:
+        raise ValueError(f"truth 3D: {len(overlap)} motions are in both train and test (e.g. {sorted(overlap)[0]})")
+    path = f"{ws.dataset_dir(name)}/{TRUTH_3D}"
+    with ws.atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, train=truth.train.astype(np.float32), test=truth.test.astype(np.float32),
+                     train_ids=np.asarray(truth.train_ids, str), test_ids=np.asarray(truth.test_ids, str),
+                     fps=np.float64(truth.fps))  # fmt: skip
+    return path
+
+
+def read_truth_3d(ws: Workspace, dataset: MotionDataset) -> Truth3D | None:
+    """The 3D truth of ``dataset``, or None for datasets made from video (no 3D known)."""
+    path = f"{dataset.folder}/{TRUTH_3D}"
+    if not ws.exists(path):
+        return None
+    with ws.local_copy(path) as local, np.load(local) as data:
+        return Truth3D(data["train"], data["test"], data["train_ids"], data["test_ids"], float(data["fps"]))
 
 
 def export_mas_layout(dataset: MotionDataset, out_dir: str) -> str:

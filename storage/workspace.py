@@ -14,6 +14,7 @@ Layout under the root::
     checkpoints/<run>/...                  model checkpoints and training metrics
     samples/<name>/...                     3D motions, BVH, videos
     evaluations/<name>/...                 metric tables and plots
+    evaluators/<key>/...                   trained motion evaluators (key: hash of data + configuration), loss curves
     catalog/<kind>/<id>.json               one record per artifact: done / failed (with error) / running
 """
 
@@ -34,7 +35,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage.ids import check_id
 
-AREAS = ("videos", "tracks", "poses", "overlays", "datasets", "checkpoints", "samples", "evaluations", "catalog")
+AREAS = ("videos", "tracks", "poses", "overlays", "datasets", "checkpoints", "samples", "evaluations", "evaluators",
+         "catalog")
 
 
 class Workspace:
@@ -81,6 +83,10 @@ class Workspace:
 
     def evaluation_dir(self, name: str) -> str:
         return self.path("evaluations", check_id(name, "evaluation name"))
+
+    def evaluator_dir(self, key: str) -> str:
+        """Folder of a trained motion evaluator, named by the content hash of its data and configuration."""
+        return self.path("evaluators", check_id(key, "evaluator key"))
 
     def relative(self, path: str) -> str:
         """``path`` relative to the root (how the catalog stores output paths)."""
