@@ -17,7 +17,8 @@ import numpy as np
 
 from benchmarks.common import write_result
 from models.checkpoint import CHECKPOINT_NAME
-from pipeline.evaluate_stage import markdown_table, run_evaluation
+from models.evaluator import EvaluatorConfig
+from pipeline.evaluate_stage import markdown_report, run_evaluation
 from pipeline.sample_stage import run_sampling
 from storage import Workspace
 
@@ -44,9 +45,11 @@ def main() -> None:
     parser.add_argument("--run", default="bench")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--length", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--evaluator-steps", type=int, default=500)
-    parser.add_argument("--evaluator-dim", type=int, default=128)
+    parser.add_argument("--n", type=int, default=None, help="motions per evaluation draw (default: samples / repeats)")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--evaluator-steps", type=int, default=20000)
+    parser.add_argument("--evaluator-layers", type=int, default=6)
+    parser.add_argument("--evaluator-dim", type=int, default=256)
     parser.add_argument("--skip-evaluation", action="store_true", help="paired difference only")
     args = parser.parse_args()
     ws = Workspace(args.workspace)
@@ -71,11 +74,14 @@ def main() -> None:
     )
     if not args.skip_evaluation:
         names = [results["fp32"].name, results["int8"].name]
+        evaluator = EvaluatorConfig(num_joints=1, num_layers=args.evaluator_layers, latent_dim=args.evaluator_dim,
+                                    ff_size=4 * args.evaluator_dim)  # fmt: skip
         evaluation = run_evaluation(ws, args.run, f"{args.run}-int8check-eval", names, length=args.length,
-                                    repeats=args.repeats, model_samples=args.samples, device="cpu",
-                                    evaluator_steps=args.evaluator_steps, evaluator_dim=args.evaluator_dim,
+                                    n=args.n or args.samples // args.repeats, repeats=args.repeats, device="cpu",
+                                    evaluator=evaluator, evaluator_max_steps=args.evaluator_steps,
                                     progress=False)  # fmt: skip
-        body += "\nEvaluation (mean ± 95% CI over draws):\n\n" + markdown_table(evaluation.table)
+        body += "\nEvaluation (mean ± 95% CI over draws):\n\n" + markdown_report(evaluation.table,
+                                                                                 evaluation.warnings)
     write_result("int8_quality", "int8 vs fp32 MAS sampling on CPU", body)
 
 

@@ -181,16 +181,23 @@ def sample_flow(run: str, workspace: str = "workspace", name: str | None = None,
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace", name: str | None = None,
-                  length: int | None = None, repeats: int = 10, evaluator_steps: int = 1500,
-                  device: str = "auto") -> dict[str, Any]:  # fmt: skip
-    """Stage 7: metrics table as an artifact."""
-    from pipeline.evaluate_stage import run_evaluation
+                  length: int | None = None, n: int = 1000, repeats: int = 5, evaluator_layers: int = 6,
+                  evaluator_dim: int = 256, evaluator_ff: int = 1024, evaluator_steps: int = 20000,
+                  sds_baseline: bool = True, device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Stage 7: the metrics table (floor, trivial baselines, reference methods, evaluated sets) as artifacts."""
+    from models.evaluator import EvaluatorConfig
+    from pipeline.evaluate_stage import markdown_report, run_evaluation
 
     ws, _ = open_inputs(workspace)
-    result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, repeats=repeats,
-                            evaluator_steps=evaluator_steps, device=device, progress=False)  # fmt: skip
-    artifacts.table(key(f"evaluation-{name or run}"), result.table, "evaluation metrics")
-    return {"rows": len(result.table), "paths": result.paths}
+    evaluator = EvaluatorConfig(num_joints=1, num_layers=evaluator_layers, latent_dim=evaluator_dim,
+                                ff_size=evaluator_ff)  # fmt: skip
+    result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, n=n, repeats=repeats,
+                            evaluator=evaluator, evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
+                            device=device, progress=False)  # fmt: skip
+    artifacts.markdown(key(f"evaluation-{name or run}"), markdown_report(result.table, result.warnings),
+                       "evaluation: floor, trivial baselines and methods")  # fmt: skip
+    artifacts.table(key(f"evaluation-table-{name or run}"), result.table, "evaluation metrics (raw)")
+    return {"rows": len(result.table), "paths": result.paths, "warnings": result.warnings}
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -222,5 +229,7 @@ def end_to_end(config: str, workspace: str = "workspace", steps: int = 100_000, 
     dataset = build_dataset(config, workspace)
     trained = train_flow(cfg.name, workspace, steps=steps, device=device)
     samples = sample_flow(trained["run"], workspace, num_samples=max(num_samples, 8), device=device)
-    evaluation = evaluate_flow(trained["run"], [samples["name"]], workspace, device=device)
+    # one draw of all the samples (n = num_samples); use the evaluate flow with n x repeats samples for CIs
+    evaluation = evaluate_flow(trained["run"], [samples["name"]], workspace, n=max(num_samples, 8), repeats=1,
+                               device=device)  # fmt: skip
     return {"dataset": dataset, "train": trained, "samples": samples, "evaluation": evaluation}

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -98,8 +99,10 @@ def resolve_device(name: str) -> torch.device:
 class BatchSampler:
     """Draws training windows from the train split of a memory-mapped dataset."""
 
-    def __init__(self, dataset: MotionDataset, max_len: int, rng: np.random.Generator):
-        train = dataset.split("train")
+    def __init__(
+        self, dataset: MotionDataset, max_len: int, rng: np.random.Generator, rows: pd.DataFrame | None = None
+    ):
+        train = dataset.split("train") if rows is None else rows  # ``rows``: index rows to draw from (default: train)
         self.offsets = train["offset"].to_numpy()
         self.lengths = train["length"].to_numpy()
         self.clips = dataset.clips

@@ -307,6 +307,22 @@ def synthetic(
         typer.echo(f"  {path}")
 
 
+EvalNOpt = Annotated[int, typer.Option("--n", min=8, help="Motions per draw, against as many test motions (the "
+                                     "paper: 1024; capped by the test split).")]
+RepeatsOpt = Annotated[int, typer.Option(min=1, help="Draws, each with NEW generated motions (sample n x repeats).")]
+EvaluatorLayersOpt = Annotated[int, typer.Option(min=1, help="Evaluator layers (official: 6).")]
+EvaluatorDimOpt = Annotated[int, typer.Option(min=8, help="Evaluator width (official: 256).")]
+EvaluatorFFOpt = Annotated[int, typer.Option(min=8, help="Evaluator feed-forward size (official: 1024).")]
+EvaluatorStepsOpt = Annotated[int, typer.Option(min=1, help="Most evaluator training steps (it stops earlier when "
+                                                 "its held-out loss stops improving).")]
+
+
+def _evaluator_config(layers: int, dim: int, ff: int):
+    from models.evaluator import EvaluatorConfig
+
+    return EvaluatorConfig(num_joints=1, num_layers=layers, latent_dim=dim, ff_size=ff)  # joints/length: the data's
+
+
 @app.command()
 def evaluate(
     run: Annotated[str, typer.Option(help="Training run (checkpoint) name.")],
@@ -314,37 +330,97 @@ def evaluate(
     name: Annotated[str | None, typer.Option(help="Evaluation name (default: <run>-eval).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     ablation: Annotated[bool, typer.Option(help="Sample and evaluate the Table 3 ablations too.")] = False,
-    num_samples: Annotated[int, typer.Option(min=8, help="Motions per ablation setting.")] = 64,
     length: Annotated[int | None, typer.Option(min=8)] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Repeated draws for the 95% CI.")] = 10,
-    evaluator_steps: Annotated[int, typer.Option(min=1)] = 1500,
+    n: EvalNOpt = 1000,
+    repeats: RepeatsOpt = 5,
+    sds_baseline: Annotated[bool, typer.Option(help="Sample plain SDS as a reference row (n x repeats).")] = True,
+    sds_iterations: Annotated[int, typer.Option(min=1)] = 1000,
+    evaluator_layers: EvaluatorLayersOpt = 6,
+    evaluator_dim: EvaluatorDimOpt = 256,
+    evaluator_ff: EvaluatorFFOpt = 1024,
+    evaluator_steps: EvaluatorStepsOpt = 20000,
     device: str = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
-    """Stage 7: FID, diversity, precision/recall (all and side views) and the 3D benchmark where 3D truth exists."""
+    """Stage 7: the paper's 2D metrics against the test split and, where 3D truth exists, 3D metrics against the
+    held-out 3D; every table has the floor (real data) and trivial baselines beside the methods."""
     from models.checkpoint import CheckpointError
     from models.mas import SamplingError
-    from pipeline.evaluate_stage import run_evaluation
+    from pipeline.evaluate_stage import markdown_report, run_evaluation
     from pipeline.sample_stage import ablation_sample_sets
 
     ws = open_workspace(workspace)
     sets = list(sample_set or [])
     try:
         if ablation:
-            sets += ablation_sample_sets(ws, run, num_samples=num_samples, length=length, device=device,
+            sets += ablation_sample_sets(ws, run, num_samples=n * repeats, length=length, device=device,
                                          precision=precision)  # fmt: skip
         if not sets:
             fail("nothing to evaluate: pass --samples NAME (from `mas sample`) or --ablation")
-        result = run_evaluation(ws, run, name or f"{run}-eval", sets, length=length, repeats=repeats,
-                                evaluator_steps=evaluator_steps, device=device)  # fmt: skip
+        result = run_evaluation(ws, run, name or f"{run}-eval", sets, length=length, n=n, repeats=repeats,
+                                evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
+                                evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
+                                sds_iterations=sds_iterations, device=device, precision=precision)  # fmt: skip
     except (CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
-    from pipeline.evaluate_stage import markdown_table
-
-    typer.echo(markdown_table(result.table))
+    typer.echo(markdown_report(result.table, result.warnings))
     for path in result.paths:
         typer.echo(f"  {path}")
+
+
+@app.command("benchmark-3d")
+def benchmark_3d(
+    motions: Annotated[Path | None, typer.Option(help="Your 3D motions: npz with `motions` [N, L, J, 3] (+ `fps`), "
+                                                 "or one array per clip [L, J, 3] (+ `fps`).")] = None,
+    procedural: Annotated[int | None, typer.Option(min=4, help="Use N procedural motions instead.")] = None,
+    skeleton: Annotated[str, typer.Option(help="Skeleton of the motions' joints (coco17, nba16, ...).")] = "coco17",
+    name: Annotated[str, typer.Option(help="Benchmark name (dataset, run and evaluation names start with it).")] = (
+        "bench3d"
+    ),
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    fps: Annotated[float, typer.Option(min=1, help="Resample every clip to this frame rate.")] = 30.0,
+    length: Annotated[int, typer.Option(min=8, help="Window length in frames.")] = 60,
+    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.9, help="Whole clips held out.")] = 0.2,
+    run: Annotated[str | None, typer.Option(help="Use this run (trained on the benchmark's dataset) instead of "
+                                            "training one.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 4000,
+    layers: Annotated[int, typer.Option(min=1)] = 2,
+    latent_dim: Annotated[int, typer.Option(min=8)] = 128,
+    lr: Annotated[float, typer.Option(min=0)] = 5e-4,
+    n: EvalNOpt = 1000,
+    repeats: RepeatsOpt = 5,
+    sds_iterations: Annotated[int, typer.Option(min=1)] = 1000,
+    evaluator_layers: EvaluatorLayersOpt = 6,
+    evaluator_dim: EvaluatorDimOpt = 256,
+    evaluator_ff: EvaluatorFFOpt = 1024,
+    evaluator_steps: EvaluatorStepsOpt = 20000,
+    seed: int = 0,
+    device: str = "auto",
+    precision: PrecisionOpt = "auto",
+) -> None:
+    """3D benchmark on known motions: hold out whole clips, train on one random view of the rest, sample MAS and
+    SDS, and write the full table with the floor and trivial baselines (evaluations/<name>-eval/benchmark.md)."""
+    from models.checkpoint import CheckpointError
+    from models.mas import SamplingError
+    from models.trainer import TrainConfig
+    from pipeline.benchmark3d import BenchmarkSpec, run_benchmark_3d
+
+    ws = open_workspace(workspace)
+    try:
+        train_cfg = TrainConfig(steps=steps, batch_size=64, lr=lr, num_layers=layers, latent_dim=latent_dim,
+                                ff_size=2 * latent_dim, save_every=max(steps // 10, 1), log_every=100)  # fmt: skip
+        spec = BenchmarkSpec(name=name, motions_npz=str(motions) if motions else None, procedural=procedural,
+                             skeleton=skeleton, fps=fps, length=length, test_fraction=test_fraction, seed=seed,
+                             run=run, train=train_cfg, n=n, repeats=repeats, sds_iterations=sds_iterations,
+                             evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
+                             evaluator_max_steps=evaluator_steps, device=device, precision=precision)  # fmt: skip
+        result = run_benchmark_3d(ws, spec, log=typer.echo)
+    except (CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
+        fail(str(exc).strip("'\""))
+        return
+    typer.echo(result.report)
+    typer.echo(f"  {ws.evaluation_dir(name + '-eval')}/benchmark.md")
 
 
 @app.command()

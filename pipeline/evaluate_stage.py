@@ -1,14 +1,30 @@
-"""Stage 7: the paper's 2D metrics (FID, diversity, precision, recall on evaluator embeddings, "all" and "side"
-views, mean ± 95% CI over repeated draws) and our 3D benchmark against ground-truth 3D where the dataset has it.
+"""Stage 7: evaluation you can trust — the paper's 2D protocol, held-out 3D truth, floors and trivial baselines.
 
-``evaluations/<name>/``: ``evaluator.pt``, ``metrics.csv``, ``metrics.md``, ``metrics.png``.
+Protocol (the official code's ``eval/evaluate.py``, with its defaults where they fit a CPU):
+
+- The reference is the TEST split: its 2D clips for the 2D metrics and, where a benchmark knows them, its held-out
+  3D motions (``truth_3d.npz``) for the 3D metrics. Training never saw either.
+- Every row is scored on ``n`` motions against ``n`` reference motions (the official code asserts equal sizes;
+  ``n`` is capped by the test split). Each of the ``repeats`` draws takes NEW generated motions (disjoint chunks of
+  the sample set: sample ``n x repeats``) and a new draw of the reference; the table gives mean ± 95% CI over draws.
+- 2D metrics (FID, diversity, precision/recall with k = 3) on the embeddings of a motion evaluator (ACTOR-style VAE at
+  the official size, trained on the train split until its held-out reconstruction loss stops improving; cached by
+  content hash under ``evaluators/``), for projections from random azimuths (``all``) and from the side.
+- 3D metrics (:func:`models.metrics.evaluate_3d`) against the held-out 3D: nearest-neighbour MPJPE (precision and
+  coverage, heading aligned, no scale fitting), speed/acceleration distributions, 3D feature FID, and plausibility.
+- Reference rows, computed by exactly the same code: the **floor** (real train data scored against the test
+  reference at the same ``n``), the **trivial** baselines of :mod:`pipeline.baselines` (frozen mean pose, flat lift,
+  random-depth lift, time-shuffled real motion), and the **reference** methods (plain 2D sampling of the model, plain
+  SDS). A metric that does not rank the floor above every trivial row is flagged under the table.
+
+``evaluations/<name>/``: ``metrics.csv``, ``metrics.md``, ``metrics.png``.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import matplotlib
 
@@ -18,36 +34,64 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from models.checkpoint import load_trained_model  # noqa: E402
-from models.evaluator import EvaluatorConfig, embed, load_evaluator, save_evaluator, train_evaluator  # noqa: E402
-from models.metrics import diversity, evaluate_3d, fid, mean_ci, precision_recall  # noqa: E402
+from models.evaluator import EvaluatorConfig, embed  # noqa: E402
+from models.metrics import HEADLINE_3D, diversity, evaluate_3d, fid, mean_ci, normalize_3d, precision_recall  # noqa: E402
 from models.sampling import sample_2d  # noqa: E402
+from models.sds import SDSConfig  # noqa: E402
 from models.trainer import resolve_device  # noqa: E402
+from pipeline import baselines  # noqa: E402
 from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, normalize_2d, project, rotation_matrix  # noqa: E402
+from pipeline.evaluator_store import load_or_train_evaluator  # noqa: E402
 from pipeline.skeletons import get_skeleton  # noqa: E402
 from storage import Catalog, Workspace  # noqa: E402
-from storage.motion_dataset import MotionDataset, open_motion_dataset  # noqa: E402
+from storage.motion_dataset import MotionDataset, open_motion_dataset, read_truth_3d  # noqa: E402
 
 SIDE_AZIMUTH = math.pi / 2
+METRICS_2D = ("fid", "diversity", "precision", "recall")
+# Headline 2D metrics: lower FID and higher recall are better; each ranks the floor above every trivial baseline.
+HEADLINE_2D = ("fid", "recall")
+HIGHER_IS_BETTER = ("recall", "precision")
+KIND_ORDER = ("floor", "trivial", "reference", "evaluated")
 
 
 @dataclass
 class EvaluationResult:
     table: pd.DataFrame
     paths: list[str]
+    n: int = 0
+    evaluator_folder: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
-def dataset_z(dataset: MotionDataset, split: str, length: int) -> np.ndarray:
-    """First ``length`` frames of every clip of a split, z-scored, low-confidence joints at 0 (the mean)."""
+@dataclass
+class MotionSet:
+    """Motions to score: ``chunks`` are the per-draw sets of ``n`` motions, 3D ``[n, L, J, 3]`` (body units) or 2D
+    ``[n, L, J, 2]`` (data units)."""
+
+    label: str
+    kind: str
+    chunks: list[np.ndarray]
+
+    @property
+    def is_3d(self) -> bool:
+        return self.chunks[0].shape[-1] == 3
+
+
+def dataset_xy(dataset: MotionDataset, split: str, length: int, real_only: bool = False) -> np.ndarray:
+    """First ``length`` frames of every clip of a split in data units ``[N, L, J, 2]``; joints under the confidence
+    threshold take the dataset mean (what the model sees for them). ``real_only`` leaves out mirrored copies."""
     rows = dataset.split(split)
+    if real_only and "mirrored" in rows:
+        rows = rows[~rows["mirrored"].astype(bool)]
     out = []
     for offset, clip_len in zip(rows["offset"], rows["length"], strict=True):
         if clip_len < length:
             continue
         clip = np.asarray(dataset.clips[offset : offset + length])
         ok = clip[..., 2] >= dataset.conf_threshold
-        out.append(np.where(ok[..., None], (clip[..., :2] - dataset.mean) / dataset.std, 0.0))
+        out.append(np.where(ok[..., None], clip[..., :2], dataset.mean))
     if not out:
-        raise ValueError(f"no {split} clip has {length} frames; evaluate with a shorter length")
+        raise ValueError(f"no {split} clip has {length} frames; evaluate with a shorter --length")
     return np.stack(out).astype(np.float32)
 
 
@@ -62,25 +106,72 @@ def project_for_eval(motions: np.ndarray, azimuths: np.ndarray, root, body, mean
     return np.stack(out).astype(np.float32)
 
 
-def metric_row(label: str, view: str, real: np.ndarray, fake: np.ndarray, repeats: int, subset: int) -> dict:
-    """FID, diversity, precision and recall of ``fake`` against ``real`` embeddings, mean ± 95% CI over ``repeats``
-    draws of ``subset`` motions from each set."""
-    n = min(subset, len(real), len(fake))
-    if n < 8:
-        raise ValueError(f"{label}: {n} motions are too few for distribution metrics; sample at least 8")
-    draws: dict[str, list[float]] = {"fid": [], "diversity": [], "precision": [], "recall": []}
-    for r in range(repeats):
-        rng = np.random.default_rng([0, r])
-        real_part = real[rng.choice(len(real), n, replace=False)]
-        fake_part = fake[rng.choice(len(fake), n, replace=False)]
-        precision, recall = precision_recall(real_part, fake_part)
-        draws["fid"].append(fid(real_part, fake_part))
-        draws["diversity"].append(diversity(fake_part, pairs=200, seed=r))
-        draws["precision"].append(precision)
-        draws["recall"].append(recall)
-    row: dict = {"method": label, "view": view, "n": n}
-    for key, values in draws.items():
-        row[key], row[f"{key}_ci95"] = mean_ci(values)
+def draw_chunks(motions: np.ndarray, n: int, repeats: int, rng: np.random.Generator, label: str,
+                generated: bool) -> list[np.ndarray]:  # fmt: skip
+    """``repeats`` sets of ``n`` motions. Disjoint chunks while the set is large enough; a generated set with fewer
+    than ``n x repeats`` motions gives fewer draws (never a motion twice), real data gives random subsets."""
+    if len(motions) < n:
+        fix = "sample more (`mas sample --num-samples`)" if generated else "lower --n"
+        raise ValueError(f"{label}: {len(motions)} motions, but each draw needs n = {n}; {fix}")
+    order = rng.permutation(len(motions))
+    if len(motions) >= n * repeats or generated:
+        count = min(repeats, len(motions) // n)
+        return [motions[order[i * n : (i + 1) * n]] for i in range(count)]
+    return [motions[rng.choice(len(motions), n, replace=False)] for _ in range(repeats)]
+
+
+def _sample_method(ws: Workspace, name: str) -> str | None:
+    record = Catalog(ws).get("sample", name)
+    return None if record is None else (record.meta or {}).get("method")
+
+
+def reference_sets(dataset: MotionDataset, truth, skeleton, length: int, n: int, repeats: int,
+                   rng: np.random.Generator) -> list[MotionSet]:  # fmt: skip
+    """The floor and the trivial baselines, from the train split (2D) and the train 3D where known."""
+    train_xy = dataset_xy(dataset, "train", length, real_only=True)
+    sets = [MotionSet("real train clips (2D)", "floor", draw_chunks(train_xy, n, repeats, rng, "train 2D", False))]
+    if truth is not None:
+        real = normalize_3d(truth.train[:, :length], skeleton)
+        sets.append(MotionSet("real train motions (3D)", "floor",
+                              draw_chunks(real, n, repeats, rng, "train 3D", False)))  # fmt: skip
+    else:
+        real = None
+    flat = normalize_3d(baselines.flat_lift(train_xy), skeleton)
+    frozen = baselines.frozen_mean_pose(real if real is not None else flat, skeleton, n)
+    sets.append(MotionSet("frozen mean pose", "trivial", [frozen] * len(sets[0].chunks)))
+    sets.append(MotionSet("flat lift (depth 0)", "trivial", draw_chunks(flat, n, repeats, rng, "flat lift", False)))
+    random_depth = normalize_3d(baselines.random_depth_lift(train_xy, rng), skeleton)
+    sets.append(MotionSet("random-depth lift", "trivial",
+                          draw_chunks(random_depth, n, repeats, rng, "random depth", False)))  # fmt: skip
+    shuffled = baselines.time_shuffled(real if real is not None else train_xy, rng)
+    sets.append(MotionSet("time-shuffled real", "trivial", draw_chunks(shuffled, n, repeats, rng, "shuffled", False)))
+    return sets
+
+
+def score_draws(motion_set: MotionSet, view: str, draw_refs, evaluator, dataset, skeleton, seed: int) -> dict:
+    """2D (and, for 3D sets in the ``all`` view with truth, 3D) metrics of every draw; mean ± 95% CI."""
+    values: dict[str, list[float]] = {}
+    for r, chunk in enumerate(motion_set.chunks):
+        ref_embedding, ref_3d = draw_refs[r]
+        if motion_set.is_3d:
+            rng = np.random.default_rng([seed, r, 7])
+            side = np.full(len(chunk), SIDE_AZIMUTH)
+            azimuths = rng.uniform(-math.pi, math.pi, len(chunk)) if view == "all" else side
+            z = project_for_eval(chunk, azimuths, skeleton.root, skeleton.body_joints, dataset.mean, dataset.std)
+        else:
+            z = (chunk - dataset.mean) / dataset.std
+        emb = embed(evaluator, z)
+        precision, recall = precision_recall(ref_embedding, emb)
+        draw = {"fid": fid(ref_embedding, emb), "diversity": diversity(emb, pairs=min(200, len(emb) - 1), seed=r),
+                "precision": precision, "recall": recall}  # fmt: skip
+        if motion_set.is_3d and view == "all" and ref_3d is not None:
+            draw.update(evaluate_3d(chunk, ref_3d, skeleton))
+        for key, value in draw.items():
+            values.setdefault(key, []).append(value)
+    row: dict = {"kind": motion_set.kind, "method": motion_set.label, "view": view,
+                 "n": len(motion_set.chunks[0]), "draws": len(motion_set.chunks)}  # fmt: skip
+    for key, vals in values.items():
+        row[key], row[f"{key}_ci95"] = mean_ci(vals)
     return row
 
 
@@ -91,103 +182,196 @@ def run_evaluation(
     sample_sets: list[str],
     *,
     length: int | None = None,
-    model_samples: int = 128,
-    repeats: int = 10,
-    subset: int = 256,
-    evaluator_steps: int = 1500,
-    evaluator_dim: int = 256,
+    n: int = 1000,
+    repeats: int = 5,
+    evaluator: EvaluatorConfig | None = None,
+    evaluator_max_steps: int = 20000,
+    evaluator_patience: int = 5,
+    model_row: bool = True,
+    sds_baseline: bool = True,
+    sds_iterations: int = 1000,
     device: str = "auto",
+    precision: str = "auto",
     seed: int = 0,
     progress: bool = True,
 ) -> EvaluationResult:
+    """Score ``sample_sets`` (names from ``mas sample``) of run ``run`` with the floor and baselines beside them.
+
+    ``evaluator`` sets the evaluator's size (default: the official 6 layers, FF 1024, 256-d); ``sds_baseline`` samples
+    plain SDS (``n x repeats`` motions, cached) unless one of ``sample_sets`` already is an SDS set.
+    """
     dev = resolve_device(device)
     trained = load_trained_model(ws, run, dev)
     dataset = open_motion_dataset(ws, trained.dataset)
     skeleton = get_skeleton(dataset.skeleton)
-    folder = ws.evaluation_dir(name)
-    train_lengths = dataset.split("train")["length"]
-    length = length or int(min(60, train_lengths.median()))
+    length = length or int(min(60, dataset.split("train")["length"].median()))
+    truth = read_truth_3d(ws, dataset)
+    test_xy = dataset_xy(dataset, "test", length)  # the reference: the paper's protocol uses the test split
+    n = min(n, len(test_xy), len(truth.test) if truth is not None else len(test_xy))
+    if n < 8:
+        raise ValueError(f"the test split has only {n} clips of {length} frames; distribution metrics need >= 8")
     catalog = Catalog(ws)
     catalog.mark_running("evaluation", name, run=run)
     try:
-        evaluator_path = f"{folder}/evaluator.pt"
-        if ws.exists(evaluator_path):
-            with ws.local_copy(evaluator_path) as local:
-                evaluator = load_evaluator(local, str(dev))
-        else:
-            config = EvaluatorConfig(num_joints=dataset.num_joints, latent_dim=evaluator_dim, max_len=length)
-            evaluator = train_evaluator(dataset, config, steps=evaluator_steps, device=str(dev), seed=seed,
-                                        progress=progress)  # fmt: skip
-            with ws.atomic_path(evaluator_path) as tmp:
-                save_evaluator(evaluator, tmp)
-        real = embed(evaluator, dataset_z(dataset, "train", length))
-        rows = []
-        try:
-            rows.append(metric_row("data (test split)", "-", real, embed(evaluator, dataset_z(dataset, "test", length)),
-                                   repeats, subset))  # fmt: skip
-        except ValueError:
-            pass  # no test split
-        plain = sample_2d(trained, model_samples, length, seed=seed).cpu().numpy()
-        rows.append(metric_row("2D model (plain sampling)", "-", real,
-                               embed(evaluator, (plain - dataset.mean) / dataset.std), repeats, subset))  # fmt: skip
-        truth_path = f"{dataset.folder}/ground_truth_3d.npy"
-        truth = None
-        if ws.exists(truth_path):
-            with ws.local_copy(truth_path) as local:
-                truth = np.load(local)
+        config = replace(evaluator or EvaluatorConfig(num_joints=dataset.num_joints),
+                         num_joints=dataset.num_joints, max_len=length)  # fmt: skip
+        handle = load_or_train_evaluator(ws, trained.dataset, config, max_steps=evaluator_max_steps, seed=seed,
+                                         device=str(dev), progress=progress, patience=evaluator_patience)  # fmt: skip
         rng = np.random.default_rng(seed)
+        test_z = (test_xy - dataset.mean) / dataset.std
+        test_3d = normalize_3d(truth.test[:, :length], skeleton) if truth is not None else None
+        draw_refs = []
+        for _ in range(repeats):
+            pick = rng.choice(len(test_z), n, replace=False)
+            pick_3d = rng.choice(len(test_3d), n, replace=False) if test_3d is not None else None
+            draw_refs.append((embed(handle.model, test_z[pick]), test_3d[pick_3d] if test_3d is not None else None))
+        sets = reference_sets(dataset, truth, skeleton, length, n, repeats, rng)
+        if model_row:
+            plain = sample_2d(trained, n * repeats, length, seed=seed + 1).cpu().numpy()
+            sets.append(MotionSet("2D model (plain sampling)", "reference",
+                                  draw_chunks(plain, n, repeats, rng, "2D model", True)))  # fmt: skip
+        methods = {s: _sample_method(ws, s) for s in sample_sets}
+        if sds_baseline and "sds" not in methods.values():
+            from pipeline.sample_stage import run_sampling
+
+            sds_name = f"{run}-sds-baseline-n{n * repeats}-l{length}"
+            run_sampling(ws, run, sds_name, method="sds", num_samples=n * repeats, length=length,
+                         sds=SDSConfig(iterations=sds_iterations), seed=seed + 2, device=device, precision=precision,
+                         render=0, progress=progress)  # fmt: skip
+            sets.append(_sample_set(ws, sds_name, "SDS (plain)", "reference", skeleton, length, n, repeats, rng))
         for sample_name in sample_sets:
-            with ws.local_copy(f"{ws.samples_dir(sample_name)}/motions.npz") as local:
-                motions = np.load(local)["motions"][:, :length]
-            if motions.shape[1] < length:
-                raise ValueError(f"sample set {sample_name} has {motions.shape[1]} frames; evaluation needs {length}")
-            views = {"all": rng.uniform(-math.pi, math.pi, len(motions)), "side": np.full(len(motions), SIDE_AZIMUTH)}
-            for view, azimuths in views.items():
-                z = project_for_eval(motions, azimuths, skeleton.root, skeleton.body_joints, dataset.mean, dataset.std)
-                row = metric_row(sample_name, view, real, embed(evaluator, z), repeats, subset)
-                if truth is not None and view == "all":
-                    row.update(evaluate_3d(motions, truth[:, :length], skeleton))
-                rows.append(row)
+            sets.append(_sample_set(ws, sample_name, sample_name, "evaluated", skeleton, length, n, repeats, rng))
+        rows = []
+        for motion_set in sets:
+            for view in ("all", "side") if motion_set.is_3d else ("-",):
+                rows.append(score_draws(motion_set, view, draw_refs, handle.model, dataset, skeleton, seed))
         table = pd.DataFrame(rows)
-        paths = _write_tables(ws, folder, table, name)
+        warnings = ranking_failures(table)
+        folder = ws.evaluation_dir(name)
+        paths = _write_tables(ws, folder, table, name, warnings, handle.folder)
     except BaseException as exc:
         catalog.mark_failed("evaluation", name, exc)
         raise
-    catalog.mark_done("evaluation", name, key=None, outputs=[evaluator_path, *paths],
-                      meta={"run": run, "sample_sets": sample_sets, "length": length})  # fmt: skip
-    return EvaluationResult(table, [evaluator_path, *paths])
+    catalog.mark_done("evaluation", name, key=None, outputs=paths,
+                      meta={"run": run, "sample_sets": sample_sets, "length": length, "n": n, "repeats": repeats,
+                            "evaluator": ws.relative(handle.folder), "warnings": warnings})  # fmt: skip
+    return EvaluationResult(table, paths, n, handle.folder, warnings)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """Metrics as a Markdown table, ``mean ± ci`` where a CI column exists."""
-    columns = [c for c in table.columns if not c.endswith("_ci95")]
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+def _sample_set(ws, sample_name, label, kind, skeleton, length, n, repeats, rng) -> MotionSet:
+    with ws.local_copy(f"{ws.samples_dir(sample_name)}/motions.npz") as local:
+        motions = np.load(local)["motions"]
+    if motions.shape[1] < length:
+        raise ValueError(f"sample set {sample_name} has {motions.shape[1]} frames; evaluation needs {length}")
+    if motions.shape[2] != len(skeleton.joints):
+        raise ValueError(f"sample set {sample_name} has {motions.shape[2]} joints; the dataset's skeleton "
+                         f"{skeleton.name} has {len(skeleton.joints)}")  # fmt: skip
+    motions = normalize_3d(motions[:, :length], skeleton)
+    return MotionSet(label, kind, draw_chunks(motions, n, repeats, rng, f"sample set {sample_name}", True))
+
+
+def _better(metric: str, a: float, a_ci: float, b: float, b_ci: float) -> bool:
+    """Is ``a`` better than ``b`` beyond both confidence intervals?"""
+    if metric in HIGHER_IS_BETTER:
+        return a - a_ci > b + b_ci
+    return a + a_ci < b - b_ci
+
+
+def ranking_failures(table: pd.DataFrame) -> list[str]:
+    """Headline metrics on which the floor does not beat a trivial baseline beyond the CIs (empty: all rank right).
+
+    Each trivial row is compared with the floor of its own view (the real 3D floor) or, without 3D truth, with the
+    2D floor (real train clips against the same test reference)."""
+    failures = []
+    floors = table[table["kind"] == "floor"]
+    for _, row in table[table["kind"] == "trivial"].iterrows():
+        same_view = floors[floors["view"] == row["view"]]
+        floor = same_view.iloc[0] if len(same_view) else floors[floors["view"] == "-"].iloc[0]
+        for metric in HEADLINE_2D + HEADLINE_3D:
+            if metric not in row or not np.isfinite(row[metric]) or not np.isfinite(floor.get(metric, np.nan)):
+                continue
+            if not _better(metric, floor[metric], floor[f"{metric}_ci95"], row[metric], row[f"{metric}_ci95"]):
+                failures.append(f"{metric} ({row['view']}): the floor ({floor[metric]:.4g}) does not beat "
+                                f"'{row['method']}' ({row[metric]:.4g}) beyond the 95% CIs")  # fmt: skip
+    return failures
+
+
+def _cell(value, ci) -> str:
+    if isinstance(value, float) and not np.isfinite(value):
+        return "–"
+    if isinstance(value, float):
+        if ci is not None and np.isfinite(ci) and ci > 0:
+            return f"{value:.4g} ± {ci:.2g}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(table: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """Metrics as a Markdown table, ``mean ± ci`` where a CI column exists; headline columns are marked ★."""
+    columns = columns or [c for c in table.columns if not c.endswith("_ci95")]
+    headline = set(HEADLINE_2D + HEADLINE_3D)
+    names = [f"{c} ★" if c in headline else c for c in columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(columns)]
     for _, row in table.iterrows():
-        cells = []
-        for c in columns:
-            value = row[c]
-            if isinstance(value, float) and not np.isfinite(value):
-                cells.append("–")
-            elif isinstance(value, float):
-                ci = row.get(f"{c}_ci95")
-                cells.append(f"{value:.3f} ± {ci:.3f}" if ci is not None and np.isfinite(ci) else f"{value:.4g}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(row[c], row.get(f"{c}_ci95")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _write_tables(ws: Workspace, folder: str, table: pd.DataFrame, name: str) -> list[str]:
+LEGEND = """\
+How to read: each row is scored on `n` motions against `n` motions of the TEST split (never trained on), `draws`
+times with new motions each draw (mean ± 95% CI). **floor** rows are real training data scored by the same code:
+the best a method can hope for at this `n`. **trivial** rows are what a metric must reject (a frozen mean pose, 2D
+clips with depth 0 or random depth, real motions with shuffled frames); **reference** rows are the 2D model itself
+(plain 2D sampling) and plain SDS. A good method sits near the floor and far from every trivial row on the ★
+(headline) metrics: FID lower, recall higher; `mpjpe` (mean of `mpjpe_precision` and `mpjpe_coverage`, body
+heights, heading aligned, no scale fitting), `speed_w1`, `accel_w1` (joint speed / acceleration distributions) and
+`fid_3d` lower. `bone_cv`, `foot_skate` and `floating` are plausibility measures: compare them with the floor's own
+values (real motion), not with zero.
+"""
+
+
+def markdown_report(table: pd.DataFrame, warnings: list[str]) -> str:
+    """The 2D table, the 3D table (rows with 3D metrics) and the ranking check, with the legend."""
+    base = ["kind", "method", "view", "n", "draws"]
+    parts = [LEGEND, "\n### 2D metrics (the paper's protocol)\n\n", markdown_table(table, base + list(METRICS_2D))]
+    if "mpjpe" in table:
+        rows = table[np.isfinite(table["mpjpe"].astype(float))]
+        cols = ["mpjpe", "mpjpe_precision", "mpjpe_coverage", "speed_w1", "accel_w1", "fid_3d", "bone_cv",
+                "foot_skate", "floating"]  # fmt: skip
+        parts += ["\n### 3D metrics against the held-out 3D motions\n\n",
+                  markdown_table(rows, ["kind", "method", "n", "draws"] + cols)]  # fmt: skip
+    if warnings:
+        parts.append("\n**Ranking check failed** — these headline numbers cannot tell real motion from trivial "
+                     "output on this data:\n\n" + "\n".join(f"- {w}" for w in warnings) + "\n")  # fmt: skip
+    else:
+        parts.append("\nRanking check: the floor beats every trivial baseline beyond the 95% CIs on every headline "
+                     "metric.\n")  # fmt: skip
+    return "".join(parts)
+
+
+def _write_tables(ws: Workspace, folder: str, table: pd.DataFrame, name: str, warnings: list[str],
+                  evaluator_folder: str) -> list[str]:  # fmt: skip
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
     paths = [ws.write_text(f"{folder}/metrics.csv", buffer.getvalue())]
-    paths.append(ws.write_text(f"{folder}/metrics.md", f"# Evaluation `{name}`\n\n{markdown_table(table)}"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    labels = [f"{m}\n{v}" if v != "-" else m for m, v in zip(table["method"], table["view"], strict=True)]
-    for ax, key in zip(axes, ("fid", "precision"), strict=True):
-        ax.bar(range(len(table)), table[key], yerr=table[f"{key}_ci95"], color="#4c72b0", capsize=3)
-        ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"{key} (mean ± 95% CI)")
+    note = f"\nEvaluator (weights and loss curve): `{ws.relative(evaluator_folder)}`\n"
+    paths.append(ws.write_text(f"{folder}/metrics.md", f"# Evaluation `{name}`\n\n{markdown_report(table, warnings)}"
+                                                        + note))  # fmt: skip
+    metrics = [m for m in HEADLINE_2D + HEADLINE_3D if m in table and np.isfinite(table[m].astype(float)).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.2), squeeze=False)
+    colours = {"floor": "#55a868", "trivial": "#c44e52", "reference": "#8172b2", "evaluated": "#4c72b0"}
+    for ax, key in zip(axes[0], metrics, strict=True):
+        rows = table[np.isfinite(table[key].astype(float))]
+        labels = [f"{m} ({v})" if v != "-" else m for m, v in zip(rows["method"], rows["view"], strict=True)]
+        ax.barh(range(len(rows)), rows[key], xerr=rows[f"{key}_ci95"], capsize=2,
+                color=[colours.get(k, "#999999") for k in rows["kind"]])  # fmt: skip
+        ax.set_yticks(range(len(rows)), labels if ax is axes[0][0] else [""] * len(rows), fontsize=7)
+        ax.invert_yaxis()
+        if key not in HIGHER_IS_BETTER and (rows[key] > 0).all() and rows[key].max() > 30 * rows[key].min():
+            ax.set_xscale("log")
+        ax.set_title(f"{key} ({'higher' if key in HIGHER_IS_BETTER else 'lower'} is better)", fontsize=9)
+    fig.suptitle("green: floor (real data), red: trivial baselines, purple: reference methods, blue: evaluated",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     with ws.atomic_path(f"{folder}/metrics.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)

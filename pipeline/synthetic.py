@@ -1,20 +1,20 @@
-"""Procedural 3D human motions with known ground truth, and the monocular 2D datasets made from them.
+"""Procedural 3D human motions with known ground truth, and the monocular 2D benchmark datasets made from them.
 
 Walks, runs, jumps, turns and arm swings for the COCO-17 skeleton, with random speed, amplitude, phase, bone lengths
-and root paths. Each motion seen from one random camera becomes a 2D clip; the 3D motions are kept aside so that
-MAS output can be measured against real 3D (our benchmark; the paper had no 3D ground truth).
+and root paths. :func:`build_synthetic_dataset` hands them to :func:`pipeline.benchmark_data.build_benchmark_dataset`
+(the builder for users' own 3D motions too): whole motions are split into train and test, then each is seen from one
+random camera as a 2D clip; the held-out 3D test motions let MAS output be measured against real 3D (our benchmark;
+the paper had no 3D ground truth).
 World units: y up, about one unit per body height.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from pipeline.cameras import normalize_2d, project, rotation_matrix
+from pipeline.benchmark_data import BenchmarkData, build_benchmark_dataset
 from pipeline.skeletons import COCO17
 from storage import Workspace
-from storage.motion_dataset import write_motion_dataset
 
 MOTION_KINDS = ("walk", "run", "jump", "turn", "arm_swing")
 _J = {name: i for i, name in enumerate(COCO17.joints)}
@@ -104,47 +104,19 @@ def generate_motions(num: int, length: int = 60, fps: float = 30.0, seed: int = 
     return np.stack([generate_motion(rng, length, fps, MOTION_KINDS[i % len(MOTION_KINDS)]) for i in range(num)])
 
 
-def monocular_clips(
-    motions: np.ndarray, seed: int = 0, distance: float = 7.0, elevation_range: tuple[float, float] = (0.0, 0.4)
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Project each 3D motion from one random camera and normalise it like video data: clips ``[L, J, 3]``, azimuths."""
-    rng = np.random.default_rng(seed)
-    azimuths = rng.uniform(-np.pi, np.pi, len(motions))
-    clips = []
-    for motion, az in zip(motions, azimuths, strict=True):
-        centred = motion - motion[:, list(COCO17.root)].mean(axis=(0, 1))
-        rot = rotation_matrix([az], rng.uniform(*elevation_range))
-        xy = project(centred.astype(np.float64), rot, distance=distance)[0]
-        norm, _, _ = normalize_2d(xy, None, COCO17.root, y_down=False)
-        clips.append(np.concatenate([norm, np.ones(norm.shape[:-1] + (1,), np.float32)], -1))
-    return clips, azimuths
-
-
 def build_synthetic_dataset(
     ws: Workspace, name: str, num_motions: int = 500, length: int = 60, fps: float = 30.0, seed: int = 0,
-    test_fraction: float = 0.1,
-) -> list[str]:  # fmt: skip
-    """A 2D dataset of monocular projections, with the held-out 3D motions saved beside it (``ground_truth_3d.npy``)."""
+    test_fraction: float = 0.2,
+) -> BenchmarkData:  # fmt: skip
+    """A 2D benchmark dataset from ``num_motions`` procedural motions, each one source clip of ``length`` frames.
+
+    Whole motions are split into train and test before projection (:func:`build_benchmark_dataset`), so the saved 3D
+    truth (``truth_3d.npz``) of the test split is held out from training. Iterating over the result yields the paths.
+    """
     motions = generate_motions(num_motions, length, fps, seed)
-    clips, azimuths = monocular_clips(motions, seed=seed + 1)
-    rng = np.random.default_rng(seed + 2)
-    split = np.where(rng.random(num_motions) < test_fraction, "test", "train")
-    index = pd.DataFrame(
-        {
-            "clip_id": [f"synthetic-{i:05d}" for i in range(num_motions)],
-            "video_id": [f"synthetic-{i:05d}" for i in range(num_motions)],
-            "track_id": 0,
-            "start_frame": 0,
-            "mean_conf": 1.0,
-            "split": split,
-            "mirrored": False,
-            "azimuth": azimuths,
-            "kind": [MOTION_KINDS[i % len(MOTION_KINDS)] for i in range(num_motions)],
-        }
-    )
-    meta = {"skeleton": COCO17.name, "fps": fps, "source": "procedural 3D motions, one random perspective view each"}
-    paths = write_motion_dataset(ws, name, clips, index, meta, conf_threshold=0.5)
-    gt_path = f"{ws.dataset_dir(name)}/ground_truth_3d.npy"
-    with ws.atomic_path(gt_path) as tmp:
-        np.save(tmp, motions)
-    return [*paths, gt_path]
+    return build_benchmark_dataset(
+        ws, name, list(motions), fps, COCO17, fps=fps, length=length, test_fraction=test_fraction, seed=seed,
+        source="procedural 3D motions, one random perspective view each",
+        clip_names=[f"synthetic-{i:05d}" for i in range(num_motions)],
+        clip_columns={"kind": [MOTION_KINDS[i % len(MOTION_KINDS)] for i in range(num_motions)]},
+    )  # fmt: skip

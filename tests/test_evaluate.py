@@ -2,25 +2,43 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from models.evaluator import EvaluatorConfig
 from models.metrics import (
-    aligned_mpjpe_matrix,
+    HEADLINE_3D,
+    aligned_mpjpe_pairs,
+    aligned_sq_error_matrix,
     bone_length_variation,
     diversity,
     evaluate_3d,
     fid,
     foot_metrics,
     mean_ci,
+    nearest_neighbour_mpjpe,
+    normalize_3d,
     precision_recall,
 )
-from models.sds import SDSConfig
 from models.trainer import TrainConfig
+from pipeline import baselines
 from pipeline.cli import app
-from pipeline.evaluate_stage import markdown_table, run_evaluation
+from pipeline.evaluate_stage import (
+    HEADLINE_2D,
+    draw_chunks,
+    markdown_report,
+    ranking_failures,
+    run_evaluation,
+)
 from pipeline.sample_stage import run_sampling
 from pipeline.skeletons import COCO17
 from pipeline.synthetic import generate_motions
 from pipeline.train_stage import run_training
-from storage.motion_dataset import open_motion_dataset
+from storage.motion_dataset import open_motion_dataset, read_truth_3d
+
+TINY_MODEL = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, max_len=32, device="cpu")
+TINY_EVALUATOR = EvaluatorConfig(num_joints=1, latent_dim=32, ff_size=64, num_layers=2)
+
+
+def _yaw(theta: float) -> np.ndarray:
+    return np.array([[np.cos(theta), 0, np.sin(theta)], [0, 1, 0], [-np.sin(theta), 0, np.cos(theta)]])
 
 
 def test_fid_precision_recall_behave():
@@ -43,41 +61,132 @@ def test_fid_precision_recall_behave():
         precision_recall(x[:3], x[:10])
 
 
-def test_3d_metrics_on_known_motions():
+def test_mpjpe_aligns_heading_only_never_scale():
+    ref = generate_motions(12, 30, seed=0).astype(np.float64)
+    moved = ref[:6] @ _yaw(1.1).T + np.array([2.0, 0.3, -1.0])  # another heading and place
+    np.testing.assert_allclose(aligned_mpjpe_pairs(moved, ref[:6], COCO17.root), 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.diag(aligned_sq_error_matrix(moved, ref[:6], COCO17.root)), 0.0, atol=1e-9)
+    # no per-pair scale: a shrunken copy is as far as the shrinking moves it (0.3 x its own size), never closer
+    shrunk = 0.7 * ref[:6]
+    sq = np.diag(aligned_sq_error_matrix(shrunk, ref[:6], COCO17.root))
+    centred = ref[:6] - ref[:6][:, :, list(COCO17.root)].mean((1, 2), keepdims=True)
+    np.testing.assert_allclose(sq, (0.09 * (centred**2).sum(-1)).mean((1, 2)), rtol=1e-9)
+    # the closed-form heading is the best one: brute force over a fine grid of yaw angles
+    a, b = ref[0] - ref[0][:, list(COCO17.root)].mean((0, 1)), ref[7] - ref[7][:, list(COCO17.root)].mean((0, 1))
+    brute = min(np.linalg.norm(a @ _yaw(t).T - b, axis=-1).mean() for t in np.linspace(-np.pi, np.pi, 3601))
+    assert aligned_mpjpe_pairs(a[None], b[None], COCO17.root)[0] == pytest.approx(brute, abs=2e-4)
+    # nearest neighbours by squared error: precision and coverage match a brute-force search on MPJPE closely
+    gen, real = ref[:5] + 0.02, ref[5:]
+    full = np.array([[aligned_mpjpe_pairs(g[None], r[None], COCO17.root)[0] for r in real] for g in gen])
+    precision, coverage = nearest_neighbour_mpjpe(gen, real, COCO17.root)
+    assert precision == pytest.approx(full.min(1).mean(), rel=0.05)
+    assert coverage == pytest.approx(full.min(0).mean(), rel=0.05)
+
+
+def test_3d_scale_is_each_motions_own_body_size():
     ref = generate_motions(40, 30, seed=0)
-    theta = 1.1
-    rot = np.array([[np.cos(theta), 0, np.sin(theta)], [0, 1, 0], [-np.sin(theta), 0, np.cos(theta)]])
-    moved = (ref[:6] @ rot.T) * 0.7 + np.array([2.0, 0.3, -1.0])  # another heading, scale and place
-    np.testing.assert_allclose(np.diag(aligned_mpjpe_matrix(moved, ref[:6], COCO17.root)), 0.0, atol=1e-9)
+    scaled = ref * 1.8 + np.array([0.0, 5.0, 0.0])  # the same motions in other units and place (e.g. metres)
+    np.testing.assert_allclose(normalize_3d(scaled, COCO17), normalize_3d(ref, COCO17), atol=1e-5)
+    same = evaluate_3d(ref[:20] * 0.3, ref[:20], COCO17)  # a shrunken copy buys nothing and loses nothing
+    assert same["mpjpe"] < 1e-5 and same["speed_w1"] < 1e-6
+    with pytest.raises(ValueError, match="NaN"):
+        normalize_3d(np.full((1, 4, 17, 3), np.nan), COCO17)
     assert bone_length_variation(ref, COCO17) < 1e-6
     noisy = ref + np.random.default_rng(1).normal(0, 0.03, ref.shape)
     assert bone_length_variation(noisy, COCO17) > 0.05
-    same = evaluate_3d(ref[:20], ref[20:], COCO17)
-    worse = evaluate_3d(noisy[:20], ref[20:], COCO17)
-    assert worse["mpjpe_precision"] > same["mpjpe_precision"] and worse["fid_3d"] > same["fid_3d"]
     floating = ref.copy()
     floating[..., 1] += np.linspace(0, 1.0, 30)[None, :, None]  # rising into the air
     assert foot_metrics(floating, COCO17)["floating"] > foot_metrics(ref, COCO17)["floating"]
 
 
-def test_evaluation_end_to_end_and_cli(synthetic_ws):
-    tiny = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, max_len=32, device="cpu")
-    run_training(synthetic_ws, "synth", "evalrun", TrainConfig(steps=30, batch_size=8, lr=1e-3, **tiny),
-                 progress=False)  # fmt: skip
-    for name, method in (("e-mas", "mas"), ("e-sds", "sds")):
-        run_sampling(synthetic_ws, "evalrun", name, method=method, num_samples=16, length=24, render=0, progress=False,
-                     device="cpu", sds=SDSConfig(iterations=20))  # fmt: skip
-    result = run_evaluation(synthetic_ws, "evalrun", "ev", ["e-mas", "e-sds"], length=24, model_samples=16, repeats=2,
-                            subset=16, evaluator_steps=20, evaluator_dim=32, progress=False, device="cpu")  # fmt: skip
+def test_3d_headline_metrics_rank_real_motion_above_trivial_baselines():
+    """The floor (real train 3D vs held-out test 3D) beats every trivial baseline beyond the CI on every 3D headline
+    metric, at the same n, on the procedural benchmark."""
+    n, draws = 120, 3
+    motions = generate_motions(n * draws + n, 40, seed=3)
+    train, test = motions[: n * draws], motions[n * draws :]
+    rng = np.random.default_rng(0)
+    flat_xy = train[..., :2] - train[..., :2].mean(2, keepdims=True)  # a side-on orthographic "2D clip" of each
+    sets = {
+        "floor": train,
+        "frozen": baselines.frozen_mean_pose(train, COCO17, len(train)),
+        "flat": baselines.flat_lift(flat_xy),
+        "random depth": baselines.random_depth_lift(flat_xy, rng),
+        "shuffled": baselines.time_shuffled(train, rng),
+    }
+    scores = {}
+    for label, motions_3d in sets.items():
+        rows = [evaluate_3d(motions_3d[d * n : (d + 1) * n], test, COCO17) for d in range(draws)]
+        scores[label] = {m: mean_ci([r[m] for r in rows]) for m in HEADLINE_3D}
+    for label in ("frozen", "flat", "random depth", "shuffled"):
+        for metric in HEADLINE_3D:
+            (floor, floor_ci), (base, base_ci) = scores["floor"][metric], scores[label][metric]
+            assert floor + floor_ci < base - base_ci, (metric, label, scores["floor"][metric], scores[label][metric])
+
+
+def test_draw_chunks_take_new_generated_motions_every_draw():
+    motions = np.arange(50)[:, None]
+    chunks = draw_chunks(motions, 10, 3, np.random.default_rng(0), "set", generated=True)
+    assert len(chunks) == 3 and len(np.unique(np.concatenate(chunks))) == 30  # disjoint
+    assert len(draw_chunks(motions, 20, 5, np.random.default_rng(0), "set", generated=True)) == 2  # never reused
+    with pytest.raises(ValueError, match="mas sample --num-samples"):
+        draw_chunks(motions, 60, 2, np.random.default_rng(0), "sample set x", generated=True)
+    real = draw_chunks(motions, 20, 4, np.random.default_rng(0), "data", generated=False)
+    assert len(real) == 4 and all(len(np.unique(c)) == 20 for c in real)
+
+
+def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
+    ws = synthetic_ws
+    run_training(ws, "synth", "evalrun", TrainConfig(steps=30, batch_size=8, lr=1e-3, **TINY_MODEL), progress=False)
+    run_sampling(ws, "evalrun", "e-mas", num_samples=16, length=24, render=0, progress=False, device="cpu")
+    result = run_evaluation(ws, "evalrun", "ev", ["e-mas"], length=24, n=8, repeats=2, evaluator=TINY_EVALUATOR,
+                            evaluator_max_steps=40, sds_iterations=10, progress=False, device="cpu")  # fmt: skip
     table = result.table
-    expected = ["2D model (plain sampling)", "e-mas", "e-mas", "e-sds", "e-sds"]
-    test_clips = int((open_motion_dataset(synthetic_ws, "synth").index["split"] == "test").sum())
-    if test_clips >= 8:  # the data row needs enough held-out clips for distribution metrics
-        expected.insert(0, "data (test split)")
-    assert list(table["method"]) == expected
-    assert set(table.loc[table["method"] == "e-mas", "view"]) == {"all", "side"}
-    assert np.isfinite(table.loc[table["view"] == "all", "mpjpe_precision"]).all()  # 3D truth exists: 3D metrics
-    assert "±" in markdown_table(table)
-    assert {p.rsplit("/", 1)[1] for p in result.paths} == {"evaluator.pt", "metrics.csv", "metrics.md", "metrics.png"}
-    out = CliRunner().invoke(app, ["evaluate", "--run", "evalrun", "-w", synthetic_ws.root, "--name", "ev"])
+    truth = read_truth_3d(ws, open_motion_dataset(ws, "synth"))
+    assert truth is not None and result.n == 8
+    expected = [
+        ("floor", "real train clips (2D)", "-"),
+        ("floor", "real train motions (3D)", "all"), ("floor", "real train motions (3D)", "side"),
+        ("trivial", "frozen mean pose", "all"), ("trivial", "frozen mean pose", "side"),
+        ("trivial", "flat lift (depth 0)", "all"), ("trivial", "flat lift (depth 0)", "side"),
+        ("trivial", "random-depth lift", "all"), ("trivial", "random-depth lift", "side"),
+        ("trivial", "time-shuffled real", "all"), ("trivial", "time-shuffled real", "side"),
+        ("reference", "2D model (plain sampling)", "-"),
+        ("reference", "SDS (plain)", "all"), ("reference", "SDS (plain)", "side"),
+        ("evaluated", "e-mas", "all"), ("evaluated", "e-mas", "side"),
+    ]  # fmt: skip
+    assert list(zip(table["kind"], table["method"], table["view"], strict=True)) == expected
+    assert (table["n"] == 8).all() and (table["draws"] == 2).all()  # 16 MAS samples: two draws of 8 NEW motions
+    three_d = table[table["view"] == "all"]
+    assert np.isfinite(three_d[list(HEADLINE_3D)].to_numpy(float)).all()  # held-out 3D truth: 3D metrics
+    assert table.loc[table["view"] != "all", "mpjpe"].isna().all()
+    assert set(HEADLINE_2D) <= set(table.columns)
+    text = markdown_report(table, result.warnings)
+    assert "fid ★" in text and "mpjpe ★" in text and "floor" in text and "±" in text
+    assert ranking_failures(table) == result.warnings
+    assert {p.rsplit("/", 1)[1] for p in result.paths} == {"metrics.csv", "metrics.md", "metrics.png"}
+    assert ws.exists(f"{result.evaluator_folder}/loss.csv") and ws.exists(f"{result.evaluator_folder}/loss.png")
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["evaluate", "--run", "evalrun", "-w", ws.root, "--name", "ev"])
     assert out.exit_code == 2 and "nothing to evaluate" in out.output
+    out = runner.invoke(app, ["evaluate", "--run", "evalrun", "-w", ws.root, "--samples", "e-mas", "--n", "8",
+                              "--repeats", "2", "--length", "24", "--evaluator-layers", "2", "--evaluator-dim", "32",
+                              "--evaluator-ff", "64", "--evaluator-steps", "40", "--sds-iterations", "10",
+                              "--device", "cpu", "--name", "ev-cli"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    for row in ("real train motions (3D)", "time-shuffled real", "SDS (plain)", "Ranking check"):
+        assert row in out.output
+
+
+def test_ranking_failures_flags_a_metric_that_cannot_tell_real_from_trivial():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"kind": "floor", "method": "real", "view": "all", "fid": 1.0, "fid_ci95": 0.1, "recall": 0.9,
+         "recall_ci95": 0.01},
+        {"kind": "trivial", "method": "frozen", "view": "all", "fid": 50.0, "fid_ci95": 1.0, "recall": 0.89,
+         "recall_ci95": 0.02},
+    ])  # fmt: skip
+    failures = ranking_failures(table)
+    assert len(failures) == 1 and failures[0].startswith("recall (all)") and "frozen" in failures[0]
