@@ -80,8 +80,7 @@ def main() -> None:
                                     n=args.n or args.samples // args.repeats, repeats=args.repeats, device="cpu",
                                     evaluator=evaluator, evaluator_max_steps=args.evaluator_steps,
                                     progress=False)  # fmt: skip
-        body += "\nEvaluation (mean ± 95% CI over draws):\n\n" + markdown_report(evaluation.table,
-                                                                                 evaluation.warnings)
+        body += "\nEvaluation (mean ± 95% CI over draws):\n\n" + markdown_report(evaluation.table, evaluation.warnings)
     write_result("int8_quality", "int8 vs fp32 MAS sampling on CPU", body)
 
 

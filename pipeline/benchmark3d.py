@@ -38,8 +38,11 @@ class BenchmarkSpec:
     test_fraction: float = 0.2
     seed: int = 0
     run: str | None = None  # a run already trained on this benchmark's dataset
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, batch_size=64, lr=5e-4, num_layers=2,
-                                                                   latent_dim=128, ff_size=256, save_every=500))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=4000, batch_size=64, lr=5e-4, num_layers=2, latent_dim=128, ff_size=256, save_every=500
+        )
+    )
     n: int = 1000
     repeats: int = 5
     sds_iterations: int = 1000
@@ -104,8 +107,10 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
         seconds["train"] = time.perf_counter() - t
     trained = load_trained_model(ws, run, resolve_device(spec.device))
     if trained.dataset != spec.name:
-        raise ValueError(f"run {run!r} was trained on dataset {trained.dataset!r}, not on the benchmark's "
-                         f"{spec.name!r}: it may have seen the held-out motions; train on {spec.name!r}")
+        raise ValueError(
+            f"run {run!r} was trained on dataset {trained.dataset!r}, not on the benchmark's "
+            f"{spec.name!r}: it may have seen the held-out motions; train on {spec.name!r}"
+        )
     total = spec.n * spec.repeats
     log(f"sampling {total} MAS motions ({spec.n} per draw x {spec.repeats} draws)")
     t = time.perf_counter()

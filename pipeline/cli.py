@@ -307,14 +307,22 @@ def synthetic(
         typer.echo(f"  {path}")
 
 
-EvalNOpt = Annotated[int, typer.Option("--n", min=8, help="Motions per draw, against as many test motions (the "
-                                     "paper: 1024; capped by the test split).")]
+EvalNOpt = Annotated[
+    int,
+    typer.Option(
+        "--n", min=8, help="Motions per draw, against as many test motions (the paper: 1024; capped by the test split)."
+    ),
+]
 RepeatsOpt = Annotated[int, typer.Option(min=1, help="Draws, each with NEW generated motions (sample n x repeats).")]
 EvaluatorLayersOpt = Annotated[int, typer.Option(min=1, help="Evaluator layers (official: 6).")]
 EvaluatorDimOpt = Annotated[int, typer.Option(min=8, help="Evaluator width (official: 256).")]
 EvaluatorFFOpt = Annotated[int, typer.Option(min=8, help="Evaluator feed-forward size (official: 1024).")]
-EvaluatorStepsOpt = Annotated[int, typer.Option(min=1, help="Most evaluator training steps (it stops earlier when "
-                                                 "its held-out loss stops improving).")]
+EvaluatorStepsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Most evaluator training steps (it stops earlier when its held-out loss stops improving)."
+    ),
+]
 
 
 def _evaluator_config(layers: int, dim: int, ff: int):
@@ -371,8 +379,13 @@ def evaluate(
 
 @app.command("benchmark-3d")
 def benchmark_3d(
-    motions: Annotated[Path | None, typer.Option(help="Your 3D motions: npz with `motions` [N, L, J, 3] (+ `fps`), "
-                                                 "or one array per clip [L, J, 3] (+ `fps`).")] = None,
+    motions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your 3D motions: npz with `motions` [N, L, J, 3] (+ `fps`), "
+            "or one array per clip [L, J, 3] (+ `fps`)."
+        ),
+    ] = None,
     procedural: Annotated[int | None, typer.Option(min=4, help="Use N procedural motions instead.")] = None,
     skeleton: Annotated[str, typer.Option(help="Skeleton of the motions' joints (coco17, nba16, ...).")] = "coco17",
     name: Annotated[str, typer.Option(help="Benchmark name (dataset, run and evaluation names start with it).")] = (
@@ -382,8 +395,9 @@ def benchmark_3d(
     fps: Annotated[float, typer.Option(min=1, help="Resample every clip to this frame rate.")] = 30.0,
     length: Annotated[int, typer.Option(min=8, help="Window length in frames.")] = 60,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=0.9, help="Whole clips held out.")] = 0.2,
-    run: Annotated[str | None, typer.Option(help="Use this run (trained on the benchmark's dataset) instead of "
-                                            "training one.")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Use this run (trained on the benchmark's dataset) instead of training one.")
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 4000,
     layers: Annotated[int, typer.Option(min=1)] = 2,
     latent_dim: Annotated[int, typer.Option(min=8)] = 128,

@@ -156,10 +156,16 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
         f"trained on.\n\nModel: {size.layers} layers, {size.latent_dim} d, {trained.step} steps, final loss "
         f"{trained.final_loss:.4f}.\n\n{len(mas.motions)} MAS samples in {mas.seconds:.1f} s.\n\n"
         "Outputs: `mas_sample_00.bvh` (opens in Blender), `mas_sample_00.mp4`, `mas_sample_01.mp4`.")))  # fmt: skip
-    report.sections.append(("3. Evaluation", (
-        f"Demo scale: n = {evaluation.n} motions per draw, {size.repeats} draws, evaluator {size.evaluator_layers} "
-        f"layers x {size.evaluator_dim} d (the official protocol, `mas evaluate` and `mas benchmark-3d` defaults: "
-        "n = 1000, evaluator 6 layers x 256 d, FF 1024).\n\n" + markdown_report(table, evaluation.warnings))))
+    report.sections.append(
+        (
+            "3. Evaluation",
+            (
+                f"Demo scale: n = {evaluation.n} motions per draw, {size.repeats} draws, evaluator {size.evaluator_layers} "
+                f"layers x {size.evaluator_dim} d (the official protocol, `mas evaluate` and `mas benchmark-3d` defaults: "
+                "n = 1000, evaluator 6 layers x 256 d, FF 1024).\n\n" + markdown_report(table, evaluation.warnings)
+            ),
+        )
+    )
     report.images += [("MAS sample 0 seen from the 5 MAS views", "mas_sample_00_views.png"),
                       ("Training loss", "loss.png"), ("Headline metrics: floor, trivial baselines, SDS, MAS",
                                                       "metrics.png")]  # fmt: skip

@@ -35,8 +35,18 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage.ids import check_id
 
-AREAS = ("videos", "tracks", "poses", "overlays", "datasets", "checkpoints", "samples", "evaluations", "evaluators",
-         "catalog")
+AREAS = (
+    "videos",
+    "tracks",
+    "poses",
+    "overlays",
+    "datasets",
+    "checkpoints",
+    "samples",
+    "evaluations",
+    "evaluators",
+    "catalog",
+)
 
 
 class Workspace:
