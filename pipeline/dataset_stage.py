@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from pipeline.visualize import plot_pose_2d  # noqa: E402
 from storage import Catalog, Workspace, params_hash, stage_key  # noqa: E402
 from storage.motion_dataset import write_motion_dataset  # noqa: E402
 from storage.tables import read_poses  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,13 +55,20 @@ def build_dataset(
     catalog.mark_running("dataset", config.name, key=key)
     try:
         merged = ProcessedClips([], pd.DataFrame(), Counter(), {"outliers_rejected": 0, "tracks_in": 0})
+        failed: dict[str, str] = {}
         for video_id in ids:
             frame, meta = read_poses(ws, video_id)
             if meta.get("skeleton") != skeleton.name:
                 merged.dropped["skeleton_mismatch_videos"] += 1
                 continue
-            part = process_tracks(tracks_from_poses(frame, skeleton), skeleton, config.process,
-                                  src_fps=float(meta["fps"]), dst_fps=config.fps)  # fmt: skip
+            try:
+                part = process_tracks(tracks_from_poses(frame, skeleton), skeleton, config.process,
+                                      src_fps=float(meta["fps"]), dst_fps=config.fps)  # fmt: skip
+            except Exception as exc:  # one bad video never kills the dataset: name it, skip it, go on
+                merged.dropped["failed_videos"] += 1
+                failed[video_id] = f"{type(exc).__name__}: {exc}"
+                log.warning("process: video %s skipped: %s", video_id, failed[video_id])
+                continue
             merged.clips.extend(part.clips)
             merged.index = pd.concat([merged.index, part.index], ignore_index=True)
             merged.dropped.update(part.dropped)
@@ -67,17 +77,18 @@ def build_dataset(
         if not merged.clips:
             raise ValueError(
                 f"no clip survived processing ({dict(merged.dropped)}); loosen the process thresholds in the config"
+                + (f"; failed videos: {failed}" if failed else "")
             )
         clips, index = finalize(merged, skeleton, config.process)
         meta = {"skeleton": skeleton.name, "fps": config.fps, "videos": ids, "params_hash": params_hash(config.process),
-                "dropped": dict(merged.dropped), **merged.stats}  # fmt: skip
+                "dropped": dict(merged.dropped), "failed_videos": failed, **merged.stats}  # fmt: skip
         paths = write_motion_dataset(ws, config.name, clips, index, meta, config.process.conf_threshold)
         paths += write_card(ws, config.name, clips, index, skeleton, config.process.conf_threshold, meta)
     except BaseException as exc:
         catalog.mark_failed("dataset", config.name, exc, key=key)
         raise
     counts = index["split"].value_counts()
-    summary = {"num_clips": len(clips), "dropped": dict(merged.dropped),
+    summary = {"num_clips": len(clips), "dropped": dict(merged.dropped), "failed_videos": failed,
                "train": int(counts.get("train", 0)), "test": int(counts.get("test", 0))}  # fmt: skip
     catalog.mark_done("dataset", config.name, key=key, outputs=paths, params=config.process.model_dump(), meta=summary)
     return DatasetResult(config.name, len(clips), dict(merged.dropped), paths)
@@ -105,6 +116,7 @@ def write_card(ws, name, clips, index, skeleton, threshold, meta) -> list[str]:
         **card_summary(clips, index, skeleton, threshold),
         "dropped": meta.get("dropped", {}),
         "outliers_rejected": meta.get("outliers_rejected", 0),
+        "failed_videos": meta.get("failed_videos", {}),
         "skeleton": skeleton.name,
         "fps": meta["fps"],
     }
@@ -151,6 +163,8 @@ def write_card(ws, name, clips, index, skeleton, threshold, meta) -> list[str]:
     lines.append(f"| length (min / median / max) | {summary['length']['min']} / {summary['length']['median']} / "
                  f"{summary['length']['max']} |")  # fmt: skip
     lines.append(f"| dropped | {json.dumps(summary['dropped'])} |")
+    for video_id, error in summary["failed_videos"].items():
+        lines.append(f"| failed video `{video_id}` (skipped) | {error} |")
     lines += ["", "![confidence](confidence.png)", "", "![preview](preview.png)", ""]
     paths.append(ws.write_text(f"{folder}/card.md", "\n".join(lines)))
     return paths

@@ -160,9 +160,10 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
         (
             "3. Evaluation",
             (
-                f"Demo scale: n = {evaluation.n} motions per draw, {size.repeats} draws, evaluator {size.evaluator_layers} "
-                f"layers x {size.evaluator_dim} d (the official protocol, `mas evaluate` and `mas benchmark-3d` defaults: "
-                "n = 1000, evaluator 6 layers x 256 d, FF 1024).\n\n" + markdown_report(table, evaluation.warnings)
+                f"Demo scale: n = {evaluation.n} motions per draw, {size.repeats} draws, evaluator "
+                f"{size.evaluator_layers} layers x {size.evaluator_dim} d (the official protocol, `mas evaluate` and "
+                "`mas benchmark-3d` defaults: n = 1000, evaluator 6 layers x 256 d, FF 1024).\n\n"
+                + markdown_report(table, evaluation.warnings)
             ),
         )
     )

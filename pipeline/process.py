@@ -4,7 +4,7 @@ Each step is a small function with its parameters in the dataset config (``proce
 
 1. :func:`tracks_from_poses`  one array per (video, track): frames ``[N]``, boxes ``[N, 4]``, keypoints ``[N, J, 3]``
 2. :func:`crowd_mask`         drop tracks that spend most frames among too many overlapping tracks
-3. :func:`split_track`        split at frame gaps and at jumps of the root (identity switches)
+3. :func:`split_track`        trim frames without a seen body at the ends; split at frame gaps and root jumps
 4. :func:`resample`           to the dataset fps (linear in time; confidence: the lower neighbour)
 5. :func:`hampel`             reject outliers (confidence set to 0, so the loss masks them)
 6. :func:`fill_gaps`          interpolate short low-confidence gaps; confidences stay low (masked in the loss)
@@ -118,6 +118,22 @@ def split_track(track: Track, skeleton: Skeleton, cfg: ProcessConfig) -> list[Tr
     return pieces
 
 
+def trim_unseen_edges(track: Track, skeleton: Skeleton) -> Track | None:
+    """Drop the leading and trailing frames in which no body joint was found at all (NaN or confidence 0: the pose
+    model saw nobody); None when no frame has one. Gaps inside the track are left to :func:`fill_gaps` and the
+    confidence mask, and dim tracks to the confidence filter."""
+    kp = track.keypoints[:, skeleton.body_joints]
+    seen = ((kp[..., 2] > 0) & np.isfinite(kp[..., :2]).all(-1)).any(-1)
+    if not seen.any():
+        return None
+    first, last = int(np.argmax(seen)), len(seen) - int(np.argmax(seen[::-1]))
+    if first == 0 and last == len(seen):
+        return track
+    idx = slice(first, last)
+    return replace(track, frames=track.frames[idx], boxes=track.boxes[idx], keypoints=track.keypoints[idx],
+                   start_frame=int(track.frames[first]))  # fmt: skip
+
+
 def resample(track: Track, src_fps: float, dst_fps: float) -> Track:
     """Resample to ``dst_fps`` on a regular grid (also fills missing frames); confidence takes the lower neighbour
     and frames more than one source frame from any observation get confidence 0."""
@@ -202,29 +218,38 @@ def one_euro(x: np.ndarray, fps: float, min_cutoff: float = 1.0, beta: float = 0
     return out
 
 
-def smooth(track: Track, method: str, window: int, fps: float) -> Track:
-    """Smooth x, y of every joint over time; NaNs (never-seen joints) are left alone."""
-    kp = track.keypoints.copy()
-    xy = kp[..., :2]
-    if method == "none" or len(kp) < 4:
-        return track
-    finite = np.isfinite(xy).all(axis=(0, 2))
-    data = xy[:, finite]
+def _finite_runs(ok: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the maximal runs of True in a 1-D mask."""
+    edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def _smooth_series(data: np.ndarray, method: str, window: int, fps: float) -> np.ndarray:
+    """Smooth ``[L, ...]`` along time (every value finite); series too short for the filter come back unchanged."""
+    n = len(data)
     if method == "savgol":
-        win = min(window if window % 2 else window + 1, len(kp) if len(kp) % 2 else len(kp) - 1)
-        if win > 2:
-            data = savgol_filter(data, win, polyorder=min(2, win - 1), axis=0)
-    elif method == "butterworth":
-        cutoff = min(0.99, 2.0 * (fps / window) / fps)
-        b, a = butter(2, cutoff)
-        if len(kp) > 3 * max(len(a), len(b)):
-            data = filtfilt(b, a, data, axis=0)
-    elif method == "one_euro":
-        data = one_euro(data, fps)
-    else:
+        win = min(window if window % 2 else window + 1, n if n % 2 else n - 1)
+        return savgol_filter(data, win, polyorder=min(2, win - 1), axis=0) if win > 2 else data
+    if method == "butterworth":
+        b, a = butter(2, min(0.99, 2.0 * (fps / window) / fps))
+        return filtfilt(b, a, data, axis=0) if n > 3 * max(len(a), len(b)) else data
+    if method == "one_euro":
+        return one_euro(data, fps)
+    raise ValueError(f"unknown smoothing {method!r}")
+
+
+def smooth(track: Track, method: str, window: int, fps: float) -> Track:
+    """Smooth x, y of every joint over time, each run of finite frames on its own (NaNs, never-seen joints, stay)."""
+    if method == "none":
+        return track
+    if method not in ("savgol", "butterworth", "one_euro"):
         raise ValueError(f"unknown smoothing {method!r}")
-    xy[:, finite] = data
-    kp[..., :2] = xy
+    kp = track.keypoints.copy()
+    finite = np.isfinite(kp[..., :2]).all(-1)  # [L, J]
+    for j in range(kp.shape[1]):
+        for start, stop in _finite_runs(finite[:, j]):
+            if stop - start >= 4:
+                kp[start:stop, j, :2] = _smooth_series(kp[start:stop, j, :2], method, window, fps)
     return replace(track, keypoints=kp)
 
 
@@ -275,9 +300,14 @@ def process_tracks(
         if is_crowded:
             dropped["crowd"] += 1
             continue
-        for piece in split_track(track, skeleton, cfg):
-            if len(piece) < 2:
-                dropped["too_short"] += 1
+        trimmed = trim_unseen_edges(track, skeleton)
+        if trimmed is None:
+            dropped["never_seen"] += 1  # no frame with any body joint (the pose model found nobody in the box)
+            continue
+        for piece in split_track(trimmed, skeleton, cfg):
+            piece = trim_unseen_edges(piece, skeleton)
+            if piece is None or len(piece) < 2:
+                dropped["too_short" if piece is not None else "never_seen"] += 1
                 continue
             piece = resample(piece, src_fps, dst_fps)
             if len(piece) < cfg.min_track_frames:

@@ -24,7 +24,19 @@ def test_demo_tiny_end_to_end(tmp_path):
     for heading in ("1. Video → tracked 2D poses", "2. 2D dataset → diffusion → MAS → 3D", "3. Evaluation"):
         assert heading in text
     assert "offline fallbacks" in text  # no internet here: the fallbacks were chosen and said so
-    assert "MAS (5 views)" in text and "SDS" in text and "mpjpe_precision" in text
+    for row in (
+        "MAS (5 views)",
+        "SDS (plain)",
+        "real train motions (3D)",
+        "frozen mean pose",
+        "flat lift (depth 0)",
+        "random-depth lift",
+        "time-shuffled real",
+        "mpjpe_precision",
+        "mpjpe_coverage",
+        "Ranking check",
+    ):
+        assert row in text, row
     for name in ("overlay.png", "overlay.mp4", "mas_sample_00.mp4", "mas_sample_00_views.png", "loss.png",
                  "metrics.png", "report.html"):  # fmt: skip
         assert (report / name).stat().st_size > 1000, name

@@ -139,9 +139,10 @@ def test_mirrored_clips_and_split_by_video():
     assert split_by_video(["a", "b", "c"], 0.34, 1) == split_by_video(["c", "b", "a"], 0.34, 1)
 
 
-def _write_video_poses(ws, video_id, tracks, fps=30.0, skeleton=COCO17):
+def _write_video_poses(ws, video_id, tracks, fps=30.0, skeleton=COCO17, joints=None):
+    names = skeleton.joints if joints is None else joints
     frame = pd.concat([poses_frame(video_id, t.frames, np.full(len(t), t.track_id), t.boxes, t.keypoints,
-                                   skeleton.joints) for t in tracks])  # fmt: skip
+                                   names) for t in tracks])  # fmt: skip
     path = write_poses(ws, video_id, frame, {"skeleton": skeleton.name, "fps": fps})
     Catalog(ws).mark_done("poses", video_id, key=f"k-{video_id}", outputs=[path])
 
@@ -184,3 +185,49 @@ def test_skeleton_mismatch_videos_are_counted(tmp_path):
                            process=CFG)  # fmt: skip
     result = build_dataset(ws, config)
     assert result.dropped["skeleton_mismatch_videos"] == 1 and result.num_clips >= 2
+
+
+def test_edge_nan_all_nan_and_single_frame_tracks_never_fail():
+    """Pose models miss people: NaN frames at a track's ends, tracks never seen, one-frame tracks. The stage trims,
+    drops and counts; no numerical library error reaches the user (was: LAPACK 'illegal value' from the smoother)."""
+    edges = pixel_track(11, 90, track_id=1)
+    edges.keypoints[:7] = np.nan  # the pose model found nobody in the first and last frames
+    edges.keypoints[-5:] = np.nan
+    edges.keypoints[:7, :, 2] = edges.keypoints[-5:, :, 2] = 0.0
+    never = pixel_track(12, 60, track_id=2, offset=(200.0, 600.0), scale=80)
+    never.keypoints[:] = np.nan
+    single = pixel_track(13, 1, track_id=3, offset=(1100.0, 200.0), scale=80)
+    holes = pixel_track(14, 90, track_id=4, offset=(1100.0, 600.0), scale=80)
+    holes.keypoints[30:33, :, :2] = np.nan  # a short hole inside: every joint non-finite somewhere
+    holes.keypoints[30:33, :, 2] = 0.0
+    for smoothing in ("savgol", "butterworth", "one_euro"):
+        cfg = CFG.model_copy(update={"smoothing": smoothing})
+        result = process_tracks([edges, never, single, holes], COCO17, cfg, 30.0, 30.0)
+        assert result.dropped["never_seen"] == 1 and result.dropped["too_short"] >= 1, result.dropped
+        trimmed = result.index[result.index["track_id"] == 1]
+        assert list(trimmed["start_frame"]) == [7, 47]  # 78 seen frames from frame 7: clips of 40 and 38
+        assert (result.index["track_id"] == 4).sum() == 2
+        for clip in result.clips:
+            assert np.isfinite(clip).all()
+    noisy = holes.keypoints.copy()
+    noisy[..., :2] += np.random.default_rng(0).normal(0, 3.0, noisy[..., :2].shape)
+    smoothed = smooth(Track("v0", 4, holes.frames, holes.boxes, noisy), "savgol", 9, 30.0).keypoints
+    assert np.isnan(smoothed[30:33, :, :2]).all()  # holes stay holes (masked); the runs around them are smoothed
+    for run in (slice(0, 30), slice(33, 90)):
+        error_before = np.abs(noisy[run, :, :2] - holes.keypoints[run, :, :2]).mean()
+        assert np.abs(smoothed[run, :, :2] - holes.keypoints[run, :, :2]).mean() < 0.7 * error_before
+
+
+def test_a_failing_video_is_named_and_skipped(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    _write_video_poses(ws, "good", [pixel_track(1, 90, video="good")])
+    wrong = pixel_track(2, 90, video="broken")
+    wrong.keypoints = wrong.keypoints[:, :16]  # 16 joints inside a file that says coco17
+    _write_video_poses(ws, "broken", [wrong], skeleton=COCO17, joints=NBA16.joints)  # a file that lies
+    config = DatasetConfig(name="some-bad", skeleton="coco17", fps=30, sources=[{"kind": "local", "value": "x"}],
+                           process=CFG)  # fmt: skip
+    result = build_dataset(ws, config)
+    assert result.dropped["failed_videos"] == 1 and result.num_clips >= 2
+    card = ws.read_text(f"{ws.dataset_dir('some-bad')}/card.md")
+    assert "failed video `broken` (skipped)" in card
+    assert "broken" in Catalog(ws).get("dataset", "some-bad").meta["failed_videos"]
