@@ -142,6 +142,38 @@ def test_flow_through_a_real_server_with_one_failing_video(prefect_server, flow_
     assert result["flow_name"] in page.stdout, page.stdout[-2000:]
 
 
+def test_standard_prefect_cli_and_client_with_default_arguments(prefect_server, flow_workspace):
+    """The commands and client calls users type, with their defaults (null bodies): fastapi 0.151-0.154 answered
+    these with HTTP 422 while hand-made REST bodies passed, so they are tested as they are."""
+    _, env = prefect_server
+    _run("from prefect import flow\n@flow(name='smoke')\ndef smoke():\n    return 1\nsmoke()", env)
+    outputs = {}
+    groups = ("flow", "flow-run", "deployment", "artifact", "work-pool", "work-queue", "block", "concurrency-limit")
+    for group in groups:
+        proc = subprocess.run([PREFECT, group, "ls"], env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert proc.returncode == 0, (group, proc.stdout[-1500:], proc.stderr[-1500:])
+        outputs[group] = proc.stdout
+    assert "smoke" in outputs["flow"]
+    run_id = _run("import asyncio\nfrom prefect.client.orchestration import get_client\n"
+                  "async def main():\n    async with get_client() as c:\n        runs = await c.read_flow_runs()\n"
+                  "        print('RUN', runs[0].id)\nasyncio.run(main())", env).split("RUN", 1)[1].strip()  # fmt: skip
+    logs = subprocess.run([PREFECT, "flow-run", "logs", run_id], env=env, capture_output=True, text=True, timeout=120)
+    assert logs.returncode == 0, logs.stderr[-1500:]
+    script = (
+        "import asyncio\nfrom prefect.client.orchestration import get_client\n"
+        "async def main():\n    async with get_client() as c:\n"
+        "        for name in ('read_flows', 'read_flow_runs', 'read_task_runs', 'read_deployments',"
+        " 'read_work_pools', 'read_work_queues', 'read_block_documents', 'read_artifacts', 'read_logs',"
+        " 'read_global_concurrency_limits', 'read_concurrency_limits', 'read_block_types'):\n"
+        "            method = getattr(c, name)\n"
+        "            result = await (method(limit=10, offset=0) if name == 'read_concurrency_limits' else method())\n"
+        "            print(name, len(result))\nasyncio.run(main())"
+    )  # fmt: skip
+    out = _run(script, env)
+    assert out.count("\n") == 12 and "read_flows" in out, out
+
+
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
     _, env = prefect_server
     ws, config, good, _ = flow_workspace
