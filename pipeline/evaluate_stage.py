@@ -360,14 +360,15 @@ def _write_tables(ws: Workspace, folder: str, table: pd.DataFrame, name: str, wa
     metrics = [m for m in HEADLINE_2D + HEADLINE_3D if m in table and np.isfinite(table[m].astype(float)).any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.2), squeeze=False)
     colours = {"floor": "#55a868", "trivial": "#c44e52", "reference": "#8172b2", "evaluated": "#4c72b0"}
-    for ax, key in zip(axes[0], metrics, strict=True):
-        rows = table[np.isfinite(table[key].astype(float))]
-        labels = [f"{m} ({v})" if v != "-" else m for m, v in zip(rows["method"], rows["view"], strict=True)]
-        ax.barh(range(len(rows)), rows[key], xerr=rows[f"{key}_ci95"], capsize=2,
-                color=[colours.get(k, "#999999") for k in rows["kind"]])  # fmt: skip
-        ax.set_yticks(range(len(rows)), labels if ax is axes[0][0] else [""] * len(rows), fontsize=7)
+    labels = [f"{m} ({v})" if v != "-" else m for m, v in zip(table["method"], table["view"], strict=True)]
+    for ax, key in zip(axes[0], metrics, strict=True):  # every panel has every row (no bar: metric not defined there)
+        values = table[key].astype(float).to_numpy()
+        ax.barh(range(len(table)), values, xerr=np.nan_to_num(table[f"{key}_ci95"].astype(float).to_numpy()),
+                capsize=2, color=[colours.get(k, "#999999") for k in table["kind"]])  # fmt: skip
+        ax.set_yticks(range(len(table)), labels if ax is axes[0][0] else [""] * len(table), fontsize=7)
         ax.invert_yaxis()
-        if key not in HIGHER_IS_BETTER and (rows[key] > 0).all() and rows[key].max() > 30 * rows[key].min():
+        finite = values[np.isfinite(values)]
+        if key not in HIGHER_IS_BETTER and (finite > 0).all() and finite.max() > 30 * finite.min():
             ax.set_xscale("log")
         ax.set_title(f"{key} ({'higher' if key in HIGHER_IS_BETTER else 'lower'} is better)", fontsize=9)
     fig.suptitle("green: floor (real data), red: trivial baselines, purple: reference methods, blue: evaluated",
