@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
 from models.triangulation import triangulate
-from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project, rotation_matrix, view_azimuths
+from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project, project_each, rotation_matrix, view_azimuths
 
 
 class SamplingError(RuntimeError):
@@ -94,7 +94,7 @@ def mas_sample(
         """Project ``[S, L, J, 3]`` into ``[S, V, L, J, 2]``; rotations ``[V,3,3]`` or per sample ``[S,V,3,3]``."""
         if rotations.dim() == 3:
             return project(points, rotations, dist, mode)
-        return torch.stack([project(points[s], rotations[s], dist, mode) for s in range(points.shape[0])])
+        return project_each(points, rotations, dist, mode)
 
     def per_sample_triangulate(points: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         if rotations.dim() == 3:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
 from models.mas import SamplingError, _rotations
-from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project
+from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project_each
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def sds_sample(
     for it in tqdm(range(cfg.iterations), disable=not progress, desc="SDS"):
         azimuth = (torch.rand(num_samples, 1, device=device, generator=generator) * 2 - 1) * torch.pi
         rot = _rotations(azimuth, cfg.elevation)  # [S, 1, 3, 3]
-        views = torch.stack([project(motion[s], rot[s], distance, cfg.projection)[0] for s in range(num_samples)])
+        views = project_each(motion, rot, distance, cfg.projection)[:, 0]  # [S, L, J, 2]
         z = trained.normalise(views)
         if cfg.annealed:
             frac = cfg.t_max - (cfg.t_max - cfg.t_min) * it / max(cfg.iterations - 1, 1)

@@ -126,11 +126,25 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
                                 progress=progress)  # fmt: skip
     seconds["evaluation (SDS sampling, evaluator, scoring)"] = time.perf_counter() - t
     table = evaluation.table.replace({mas_name: "MAS (5 views)"})
+    evaluator_record = Catalog(ws).get("evaluator", evaluation.evaluator_folder.rsplit("/", 1)[-1])
+    evaluator_meta = evaluator_record.meta if evaluator_record is not None else {}
+    size = (evaluator_record.params or {}).get("config", {}) if evaluator_record is not None else {}
+    evaluator_text = (f"{size.get('num_layers', '?')} layers x {size.get('latent_dim', '?')} d, FF "
+                      f"{size.get('ff_size', '?')}, {evaluator_meta.get('steps', '?')} steps (best held-out "
+                      f"reconstruction loss {evaluator_meta.get('best_val_loss', float('nan')):.4f} at step "
+                      f"{evaluator_meta.get('best_step', '?')}; curve in "
+                      f"`{ws.relative(evaluation.evaluator_folder)}/loss.png`)")  # fmt: skip
+    record = Catalog(ws).get("checkpoint", run)
+    meta = record.meta if record is not None else {}
+    model = trained.model.config
+    model_text = (f"Model run `{run}`: {model.num_layers} layers, {model.latent_dim} d, {meta.get('step', '?')} steps, "
+                  f"final loss {meta.get('final_loss', float('nan')):.4f}, {meta.get('samples_per_s', '?')} "
+                  "samples/s in training.")  # fmt: skip
     report = (
         f"Motions: {source}; resampled to {spec.fps:g} fps, windows of {spec.length} frames; whole clips held out "
         f"({spec.test_fraction:.0%}) BEFORE projection; each train window seen from one random perspective camera "
         f"(2D only for training); the test windows are the reference (their 2D for the 2D metrics, their 3D for "
-        f"the 3D metrics). Model run `{run}`. n = {evaluation.n} motions per draw.\n\n"
+        f"the 3D metrics). {model_text} n = {evaluation.n} motions per draw; evaluator: {evaluator_text}.\n\n"
         + markdown_report(table, evaluation.warnings)
         + "\nWall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
     )  # fmt: skip

@@ -86,7 +86,25 @@ def project(points: Any, rotations: Any, distance: float | None = DEFAULT_DISTAN
 
     ``mode`` is ``"perspective"`` (camera at ``distance`` from the origin) or ``"orthographic"``.
     """
-    cam = to_camera(points, rotations)
+    return _image_plane(to_camera(points, rotations), distance, mode)
+
+
+def project_each(points: Any, rotations: Any, distance: float | None = DEFAULT_DISTANCE,
+                 mode: str = "perspective") -> Any:  # fmt: skip
+    """Like :func:`project`, with views of their own per motion: ``points [S, L, J, 3]``, ``rotations [S, V, 3, 3]``
+    → ``[S, V, L, J, 2]`` (one batched product instead of a loop over motions)."""
+    rot = _like(rotations, points)
+    if _is_torch(points):
+        import torch
+
+        cam = torch.einsum("svij,sltj->svlti", rot, points)
+    else:
+        cam = np.einsum("svij,sltj->svlti", rot, points)
+    return _image_plane(cam, distance, mode)
+
+
+def _image_plane(cam: Any, distance: float | None, mode: str) -> Any:
+    """Camera coordinates ``[..., 3]`` → image coordinates ``[..., 2]`` (see the module docstring)."""
     if mode == "orthographic":
         return cam[..., :2]
     if mode != "perspective":

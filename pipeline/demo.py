@@ -78,6 +78,20 @@ def choose_video_models(log) -> tuple[DetectorConfig, PoseConfig, str]:
     )
 
 
+def process_demo_clip(ws: Workspace, video_id: str, clip: str) -> str:
+    """Stage 4 on the real clip's poses (tracks where the pose model missed frames included); what it kept."""
+    from pipeline.config import DatasetConfig, ProcessConfig
+    from pipeline.dataset_stage import build_dataset
+
+    config = DatasetConfig(name="demo-video", skeleton="coco17", fps=30, sources=[Source(kind="local", value=clip)],
+                           process=ProcessConfig(min_track_frames=10, clip_min_frames=20))  # fmt: skip
+    try:
+        result = build_dataset(ws, config, video_ids=[video_id])
+    except ValueError as exc:  # no clip survived the filters: say why, the demo goes on
+        return f"no clip kept ({exc})"
+    return f"{result.num_clips} clips (mirrored copies included); dropped: {result.dropped or 'none'}"
+
+
 def run_video_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path, log) -> None:
     from pipeline.detect_track import track_video
     from pipeline.download import ingest_file
@@ -99,6 +113,7 @@ def run_video_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path,
     if posed.status == "failed":
         raise RuntimeError(f"pose failed: {posed.error}")
     mp4, png = write_overlay(ws, video.video_id)
+    processed = process_demo_clip(ws, video.video_id, str(clip))
     poses, _ = read_poses(ws, video.video_id)
     lengths = poses["track_id"].value_counts()
     shutil.copyfile(png, out / "overlay.png")
@@ -108,7 +123,8 @@ def run_video_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path,
     report.sections.append(("1. Video → tracked 2D poses", (
         f"Models: {which}.\n\n| what | value |\n| --- | --- |\n| frames | {video.meta['frames']} |\n"
         f"| tracks | {tracked.tracks} (longest: {', '.join(str(v) for v in lengths.iloc[:3])} frames) |\n"
-        f"| poses | {posed.rows} |\n| time | {seconds:.0f} s |\n\nOverlay video: `overlay.mp4`.")))  # fmt: skip
+        f"| poses | {posed.rows} |\n| 2D dataset from the clip (`mas process`) | {processed} |\n"
+        f"| time | {seconds:.0f} s |\n\nOverlay video: `overlay.mp4`.")))  # fmt: skip
     report.images.append(("Tracked people with their BlazePose skeletons (frame with the most people)", "overlay.png"))
 
 

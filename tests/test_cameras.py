@@ -7,6 +7,7 @@ import torch
 from pipeline.cameras import (
     normalize_2d,
     project,
+    project_each,
     rotation_matrix,
     to_camera,
     view_azimuths,
@@ -115,3 +116,16 @@ def test_projected_3d_and_2d_data_share_the_normalisation():
     a, _, _ = normalize_2d(projected, None, (11, 12), y_down=False)
     b, _, _ = normalize_2d(pixels, None, (11, 12), y_down=True)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_project_each_equals_projecting_each_motion_alone():
+    rng = np.random.default_rng(3)
+    points = rng.normal(0, 0.5, (4, 6, 5, 3))
+    rotations = rotation_matrix(rng.uniform(-np.pi, np.pi, (4, 2)), 0.3)  # [S, V, 3, 3]: views of their own
+    for mode, distance in (("perspective", 7.0), ("orthographic", None)):
+        loop = np.stack([project(points[s], rotations[s], distance, mode) for s in range(4)])
+        np.testing.assert_allclose(project_each(points, rotations, distance, mode), loop, atol=1e-12)
+        batched = project_each(torch.as_tensor(points), torch.as_tensor(rotations), distance, mode)
+        np.testing.assert_allclose(batched.numpy(), loop, atol=1e-9)
+    with pytest.raises(ValueError, match="behind the camera"):
+        project_each(points * 100, rotations, 7.0)

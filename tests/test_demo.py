@@ -24,6 +24,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     for heading in ("1. Video → tracked 2D poses", "2. 2D dataset → diffusion → MAS → 3D", "3. Evaluation"):
         assert heading in text
     assert "offline fallbacks" in text  # no internet here: the fallbacks were chosen and said so
+    assert "2D dataset from the clip (`mas process`) |" in text  # the real clip's tracks went through process
     for row in (
         "MAS (5 views)",
         "SDS (plain)",
