@@ -22,6 +22,7 @@ from pipeline import baselines
 from pipeline.cli import app
 from pipeline.evaluate_stage import (
     HEADLINE_2D,
+    EvalCamera,
     draw_chunks,
     markdown_report,
     ranking_failures,
@@ -142,8 +143,13 @@ def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
     result = run_evaluation(ws, "evalrun", "ev", ["e-mas"], length=24, n=8, repeats=2, evaluator=TINY_EVALUATOR,
                             evaluator_max_steps=40, sds_iterations=10, progress=False, device="cpu")  # fmt: skip
     table = result.table
-    truth = read_truth_3d(ws, open_motion_dataset(ws, "synth"))
+    dataset = open_motion_dataset(ws, "synth")
+    truth = read_truth_3d(ws, dataset)
     assert truth is not None and result.n == 8
+    # generated and real 3D are seen through the cameras the dataset's 2D was made with (official: per dataset)
+    assert EvalCamera.of(dataset) == EvalCamera((0.0, 0.4), 7.0)
+    dataset.meta.pop("elevation_range"), dataset.meta.pop("distance")
+    assert EvalCamera.of(dataset) == EvalCamera((np.pi / 16, np.pi / 16), 7.0)  # video data: the MAS cameras
     expected = [
         ("floor", "real train clips (2D)", "-"),
         ("floor", "real train motions (3D)", "all"), ("floor", "real train motions (3D)", "side"),
@@ -188,8 +194,10 @@ def test_ranking_failures_flags_a_metric_that_cannot_tell_real_from_trivial():
         {"kind": "trivial", "method": "frozen", "view": "all", "fid": 50.0, "fid_ci95": 1.0, "recall": 0.89,
          "recall_ci95": 0.02},
     ])  # fmt: skip
+    assert ranking_failures(table) == []  # recall is a headline in the side view only
+    table["view"] = "side"
     failures = ranking_failures(table)
-    assert len(failures) == 1 and failures[0].startswith("recall (all)") and "frozen" in failures[0]
+    assert len(failures) == 1 and failures[0].startswith("recall (side)") and "frozen" in failures[0]
 
 
 def test_benchmark_3d_on_a_users_npz_in_one_command(tmp_path):
