@@ -6,8 +6,12 @@ returns the same kind.
 Conventions
 -----------
 World (3D motions): right-handed, **y up**, the subject near the origin. A view is an orbit around the vertical axis
-by ``azimuth`` followed by a tilt by ``elevation`` (positive looks down on the subject). After rotation by ``R`` a point
-is in camera coordinates: x right, y up, z away from the camera; the camera sits at z = -distance.
+by ``azimuth`` followed by a tilt by ``elevation``; a positive elevation looks DOWN on the subject, like a broadcast
+camera: a point on the floor one unit further from the camera appears higher in the image (by 0.171 units at the
+default pi/16 and distance 7). This is the official MAS code's convention (``utils/math_utils.py``: row vectors
+``motion @ R_y(az) @ R_x(el)``), i.e. ``R = R_x(-el) R_y(-az)`` on column vectors; ``tests/test_cameras.py`` pins it
+against that formula. After rotation by ``R`` a point is in camera coordinates: x right, y up, z away from the
+camera; the camera sits at z = -distance.
 Then (seed, Theorem 2)::
 
     orthographic:  p = R_xy X
@@ -50,20 +54,28 @@ def _like(value: Any, ref: Any) -> Any:
 def rotation_matrix(azimuth: Any, elevation: Any = DEFAULT_ELEVATION) -> np.ndarray:
     """World → camera rotations ``[..., 3, 3]`` for broadcastable ``azimuth`` and ``elevation`` (radians).
 
-    ``R = R_x(elevation) @ R_y(azimuth)``. Returns a float64 numpy array (convert with :func:`_like` where needed).
+    ``R = R_x(-elevation) @ R_y(-azimuth)`` (the official code's ``R_y(az) R_x(el)`` applied to row vectors; a
+    positive elevation looks down). Returns a float64 numpy array (convert with :func:`_like` where needed).
     """
     az, el = np.broadcast_arrays(np.asarray(azimuth, dtype=np.float64), np.asarray(elevation, dtype=np.float64))
-    ca, sa, ce, se = np.cos(az), np.sin(az), np.cos(el), np.sin(el)
+    ca, sa, ce, se = np.cos(-az), np.sin(-az), np.cos(-el), np.sin(-el)
     zero, one = np.zeros_like(az), np.ones_like(az)
     r_y = np.stack([np.stack([ca, zero, sa], -1), np.stack([zero, one, zero], -1), np.stack([-sa, zero, ca], -1)], -2)
     r_x = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, ce, -se], -1), np.stack([zero, se, ce], -1)], -2)
     return r_x @ r_y
 
 
+TWO_VIEW_SEPARATION = 2 * math.pi / 3
+
+
 def view_azimuths(num_views: int) -> np.ndarray:
-    """Evenly spaced azimuths ``-pi + 2*pi*i/V`` (the MAS views)."""
+    """Evenly spaced azimuths ``-pi + 2*pi*i/V`` (the MAS views), except for two views: the paper's Table 3
+    ablation "#views=2 (120°)" places them 120° apart (``-pi``, ``-pi/3``); the official code's formula would give
+    opposite views (``-pi``, ``0``), from which depth is nearly unobservable."""
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if num_views == 2:
+        return np.array([-math.pi, -math.pi + TWO_VIEW_SEPARATION])
     return -math.pi + 2 * math.pi * np.arange(num_views) / num_views
 
 

@@ -26,6 +26,7 @@ def test_rotations_are_orthonormal_and_batched():
 
 def test_view_azimuths_match_mas():
     np.testing.assert_allclose(view_azimuths(4), [-math.pi, -math.pi / 2, 0, math.pi / 2])
+    np.testing.assert_allclose(view_azimuths(2), [-math.pi, -math.pi / 3])  # Table 3: two views 120 degrees apart
     with pytest.raises(ValueError):
         view_azimuths(0)
 
@@ -35,11 +36,45 @@ def test_known_projections():
     front = rotation_matrix([0.0], 0.0)
     np.testing.assert_allclose(project(point, front, mode="orthographic")[0, 0, 0], [1.0, 2.0])
     np.testing.assert_allclose(project(point, front, distance=7.0)[0, 0, 0], np.array([1.0, 2.0]) * 7 / 7.5)
-    side = rotation_matrix([math.pi / 2], 0.0)  # orbit a quarter turn: world z becomes camera x
-    np.testing.assert_allclose(project(point, side, mode="orthographic")[0, 0, 0], [0.5, 2.0], atol=1e-12)
-    down = rotation_matrix([0.0], math.pi / 2)  # look straight down: world z becomes camera y up... negated
+    side = rotation_matrix([math.pi / 2], 0.0)  # orbit a quarter turn: world z becomes camera -x (official sign)
+    np.testing.assert_allclose(project(point, side, mode="orthographic")[0, 0, 0], [-0.5, 2.0], atol=1e-12)
+    down = rotation_matrix([0.0], math.pi / 2)  # look straight down from above
     cam = to_camera(np.array([[[0.0, 1.0, 0.0]]]), down)[0, 0, 0]
-    np.testing.assert_allclose(cam, [0.0, 0.0, 1.0], atol=1e-12)  # the top of the head points away from the camera
+    np.testing.assert_allclose(cam, [0.0, 0.0, -1.0], atol=1e-12)  # the top of the head comes towards the camera
+
+
+def _official_rotation(azimuth: float, elevation: float) -> np.ndarray:
+    """The official code's matrix (utils/math_utils.py), applied to row vectors: ``motion @ R_y(az) @ R_x(el)``."""
+    c, s = math.cos(azimuth), math.sin(azimuth)
+    r_y = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    c, s = math.cos(elevation), math.sin(elevation)
+    r_x = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return r_y @ r_x
+
+
+def test_views_match_the_official_code_numerically():
+    rng = np.random.default_rng(3)
+    motion = rng.normal(size=(6, 5, 3))
+    for azimuth, elevation in [(0.0, math.pi / 16), (-math.pi, math.pi / 16), (1.1, -0.3), (2.5, 0.7)]:
+        official = motion @ _official_rotation(azimuth, elevation)  # rotated motion, as the official code projects it
+        ours = to_camera(motion, rotation_matrix([azimuth], elevation))[0]
+        np.testing.assert_allclose(ours, official, atol=1e-12)
+        np.testing.assert_allclose(project(motion, rotation_matrix([azimuth], elevation), mode="orthographic")[0],
+                                   official[..., :2], atol=1e-12)  # fmt: skip
+        # official perspective: xy / (z + d), drawn at d / 0.75 scale (sample/mas.py) -- ours is d * xy / (z + d)
+        np.testing.assert_allclose(project(motion, rotation_matrix([azimuth], elevation), distance=7.0)[0],
+                                   7.0 * official[..., :2] / (official[..., 2:] + 7.0), atol=1e-12)  # fmt: skip
+
+
+def test_positive_elevation_looks_down_like_a_broadcast_camera():
+    # a point on the floor one unit further from the camera (world +z at azimuth 0) appears higher in the image
+    floor = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    xy = project(floor, rotation_matrix([0.0], math.pi / 16), distance=7.0)[0, 0]
+    assert xy[1, 1] - xy[0, 1] == pytest.approx(7 * math.sin(math.pi / 16) / (7 + math.cos(math.pi / 16)), abs=1e-12)
+    assert xy[1, 1] - xy[0, 1] == pytest.approx(0.171, abs=5e-4)
+    # and the camera sees the top of a standing subject's head from above: the head is nearer than the feet
+    cam = to_camera(np.array([[[0.0, 0.0, 0.0], [0.0, 1.8, 0.0]]]), rotation_matrix([0.0], math.pi / 16))[0, 0]
+    assert cam[1, 2] < cam[0, 2]
 
 
 def test_perspective_approaches_orthographic_with_distance():
