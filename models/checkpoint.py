@@ -80,7 +80,8 @@ def load_trained_model(
     data = payload["dataset"]
     return TrainedModel(
         model=model,
-        diffusion=Diffusion.cosine(int(train_cfg["diffusion_steps"])),
+        # checkpoints from before ``noise_schedule`` existed were trained with the plain cosine
+        diffusion=Diffusion.named(train_cfg.get("noise_schedule", "cosine"), int(train_cfg["diffusion_steps"])),
         mean=data["mean"].to(device).float(),
         std=data["std"].to(device).float(),
         skeleton=str(data["skeleton"]),

@@ -32,7 +32,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.denoiser import DenoiserConfig, MotionDenoiser
-from models.diffusion import Diffusion
+from models.diffusion import DEFAULT_NOISE_SCHEDULE, Diffusion
 from storage import Workspace
 from storage.motion_dataset import MotionDataset, open_motion_dataset
 
@@ -51,6 +51,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     diffusion_steps: int = 100
+    noise_schedule: str = DEFAULT_NOISE_SCHEDULE  # the official default; "cosine" is the plain cosine
     max_len: int = 120  # frames per training window; longer clips are cropped at random
     seed: int = 0
     save_every: int = 1000
@@ -71,6 +72,10 @@ class TrainConfig:
             raise ValueError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"train config: lr must be > 0, got {self.lr}")
+        try:
+            Diffusion.named(self.noise_schedule, 2)
+        except ValueError as err:
+            raise ValueError(f"train config: {err}") from None
 
 
 @dataclass
@@ -218,7 +223,7 @@ def train(
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    diffusion = Diffusion.cosine(cfg.diffusion_steps)
+    diffusion = Diffusion.named(cfg.noise_schedule, cfg.diffusion_steps)
     rng = np.random.default_rng([cfg.seed, rank])
     torch.manual_seed(cfg.seed * 1000 + rank)
     step = 0
@@ -230,6 +235,13 @@ def train(
             raise CheckpointError(
                 f"{ckpt_path} was trained on dataset {payload['dataset']['name']!r} with model "
                 f"{payload['model_config']}; it cannot resume this run. Choose another run name or pass resume=False"
+            )
+        saved_schedule = json.loads(payload["train_config"]).get("noise_schedule", "cosine")
+        if saved_schedule != cfg.noise_schedule:
+            raise CheckpointError(
+                f"{ckpt_path} was trained with noise schedule {saved_schedule!r}, this run asks for "
+                f"{cfg.noise_schedule!r}; pass noise_schedule={saved_schedule!r} to resume it, "
+                "or choose another run name"
             )
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])

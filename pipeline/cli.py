@@ -214,6 +214,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint of this run.")] = False,
+    noise_schedule: Annotated[
+        str, typer.Option(help="cosine_tau_2 (the official MAS default: cosine alpha-bar squared) or cosine.")
+    ] = "cosine_tau_2",
     seed: int = 0,
 ) -> None:
     """Stage 5: train the 2D motion diffusion model (resumes from the run's last checkpoint)."""
@@ -226,7 +229,7 @@ def train(
     try:
         cfg = TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, num_layers=layers, latent_dim=latent_dim,
-            save_every=save_every, device=device, compile=compile, seed=seed,
+            save_every=save_every, device=device, compile=compile, seed=seed, noise_schedule=noise_schedule,
         )  # fmt: skip
         result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
     except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:

@@ -25,6 +25,32 @@ def test_cosine_schedule_and_posterior():
     np.testing.assert_allclose(mean.numpy(), np.sqrt(ab_prev) * x0.numpy(), rtol=1e-10)
 
 
+def _official_alphas_cumprod(steps: int, tau: float) -> np.ndarray:
+    """The official code's get_named_beta_schedule('cosine_tau_<tau>') / betas_for_alpha_bar, written out."""
+    import math
+
+    def alpha_bar(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** (2 * tau)
+
+    betas = [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)]
+    return np.cumprod(1 - np.array(betas))
+
+
+def test_official_default_schedule_is_cosine_tau_2():
+    from models.diffusion import DEFAULT_NOISE_SCHEDULE
+
+    assert DEFAULT_NOISE_SCHEDULE == "cosine_tau_2"
+    tau2, plain = Diffusion.named("cosine_tau_2", 100), Diffusion.named("cosine", 100)
+    np.testing.assert_allclose(tau2.alphas_cumprod, _official_alphas_cumprod(100, 2.0), rtol=1e-12)
+    np.testing.assert_allclose(plain.alphas_cumprod, _official_alphas_cumprod(100, 1.0), rtol=1e-12)
+    np.testing.assert_allclose(Diffusion.cosine(100).alphas_cumprod, plain.alphas_cumprod)
+    assert plain.alphas_cumprod[50] == pytest.approx(0.478, abs=1e-3)
+    assert tau2.alphas_cumprod[50] == pytest.approx(0.229, abs=1e-3)
+    for bad in ("linear", "cosine_tau_", "cosine_tau_x", "cosine_tau_0"):
+        with pytest.raises(ValueError, match="unknown noise schedule"):
+            Diffusion.named(bad, 10)
+
+
 def test_ancestral_sampling_with_true_x0_reaches_x0():
     d = Diffusion.cosine(100)
     x0 = torch.randn(2, 5, 4, 2, dtype=torch.float64)
