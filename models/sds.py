@@ -3,7 +3,10 @@
 A 3D motion X is optimised directly: every iteration projects it to one random view per sample (azimuth uniform over
 the full circle — the official code drew it from [0, 1) radians by mistake), noises the projection to a random t,
 asks the denoiser for x̂0 and pulls the projection towards it: ∇ = (P(X) − x̂0) ∂P/∂X (seed appendix F, eq. 7 up to the
-weighting). The annealed variant draws t from a window that slides from T down to 0.
+weighting). As in the official ``sample/dreamfusion.py``: Adam with lr 0.01, t uniform over 1 .. T-1; the annealed
+variant draws t uniformly from a window whose upper end stays at T-1 while its lower end slides from T-1 down to 1
+over the iterations (the official lower end ``T-1 - i T/N`` is clipped at 1 here: it would reach -1, which Python
+reads as the last step).
 """
 
 from __future__ import annotations
@@ -21,22 +24,27 @@ from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project_each
 @dataclass(frozen=True)
 class SDSConfig:
     iterations: int = 1000
-    lr: float = 0.02
+    lr: float = 0.01  # the official value
     elevation: float = DEFAULT_ELEVATION
     distance: float = DEFAULT_DISTANCE
     projection: str = "perspective"
     annealed: bool = False
-    t_min: float = 0.02  # fraction of T
-    t_max: float = 0.98
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise SamplingError(f"SDS needs at least one iteration, got {self.iterations}")
-        if not 0 <= self.t_min < self.t_max <= 1:
-            raise SamplingError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        if self.lr <= 0:
+            raise SamplingError(f"SDS needs a positive learning rate, got {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def sds_lowest_timestep(iteration: int, iterations: int, steps: int, annealed: bool) -> int:
+    """The lowest timestep SDS draws at ``iteration``: t is uniform over ``lowest .. steps - 1``."""
+    if not annealed:
+        return min(1, steps - 1)
+    return min(max(int(steps - 1 - iteration * steps / iterations), 1), steps - 1)
 
 
 def sds_sample(
@@ -63,12 +71,8 @@ def sds_sample(
         rot = _rotations(azimuth, cfg.elevation)  # [S, 1, 3, 3]
         views = project_each(motion, rot, distance, cfg.projection)[:, 0]  # [S, L, J, 2]
         z = trained.normalise(views)
-        if cfg.annealed:
-            frac = cfg.t_max - (cfg.t_max - cfg.t_min) * it / max(cfg.iterations - 1, 1)
-            t = torch.full((num_samples,), round(frac * (steps - 1)), device=device, dtype=torch.long)
-        else:
-            low, high = round(cfg.t_min * (steps - 1)), round(cfg.t_max * (steps - 1))
-            t = torch.randint(low, high + 1, (num_samples,), device=device, generator=generator)
+        low = sds_lowest_timestep(it, cfg.iterations, steps, cfg.annealed)
+        t = torch.randint(low, max(steps, low + 1), (num_samples,), device=device, generator=generator)
         noise = torch.randn(z.shape, device=device, generator=generator)
         with torch.no_grad():
             z0_hat = trained.model(diffusion.q_sample(z.detach(), t, noise), t)

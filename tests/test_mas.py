@@ -8,7 +8,7 @@ from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig
 from models.diffusion import Diffusion
 from models.mas import MASConfig, SamplingError, mas_sample
-from models.sds import SDSConfig, sds_sample
+from models.sds import SDSConfig, sds_lowest_timestep, sds_sample
 from models.triangulation import triangulate
 from pipeline.cameras import project, view_rotations
 from pipeline.synthetic import generate_motions
@@ -156,3 +156,23 @@ def test_sds_pulls_projections_towards_the_model():
     assert (views - target).abs().mean() < 0.5 * (start - target).abs().mean()
     annealed = sds_sample(trained, 1, 8, SDSConfig(iterations=20, annealed=True), seed=0)
     assert torch.isfinite(annealed).all()
+
+
+def test_sds_follows_the_official_schedule_and_learning_rate():
+    # official sample/dreamfusion.py: Adam lr 0.01; t = randint(1, T); annealed t = randint(T-1 - i*T/N, T)
+    assert SDSConfig().lr == 0.01
+    assert {sds_lowest_timestep(i, 1000, 100, annealed=False) for i in range(1000)} == {1}
+    lows = [sds_lowest_timestep(i, 1000, 100, annealed=True) for i in range(1000)]
+    assert lows[0] == 99 and lows[10] == 98 and lows[500] == 49 and lows[-1] == 1  # the window widens, top stays
+    assert lows == sorted(lows, reverse=True)
+    # what the sampler draws: the plain variant covers 1..T-1, never 0; the annealed one starts at T-1
+    trained = _trained(Constant(0.0, 17))
+    seen = []
+    original = trained.diffusion.q_sample
+    trained.diffusion.q_sample = lambda x, t, noise: (seen.append(t.clone()), original(x, t, noise))[1]
+    sds_sample(trained, 64, 4, SDSConfig(iterations=30, projection="orthographic"), seed=0)
+    plain = torch.cat(seen)
+    assert plain.min() == 1 and plain.max() == trained.diffusion.num_steps - 1
+    seen.clear()
+    sds_sample(trained, 8, 4, SDSConfig(iterations=4, annealed=True, projection="orthographic"), seed=0)
+    assert (seen[0] == trained.diffusion.num_steps - 1).all() and seen[-1].min() < seen[0].min()
