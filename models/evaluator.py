@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from models.denoiser import sinusoidal_embedding
 from models.trainer import BatchSampler, masked_l2
-from storage.motion_dataset import MotionDataset
+from storage.motion_dataset import MotionDataset, model_input
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def validation_windows(
     for i, (offset, clip_len) in enumerate(zip(offsets, lengths, strict=True)):
         take = min(int(clip_len), length)
         window = np.asarray(dataset.clips[int(offset) : int(offset) + take], dtype=np.float32)
-        ok = window[..., 2] >= dataset.conf_threshold
-        z[i, :take] = np.where(ok[..., None], (window[..., :2] - dataset.mean) / dataset.std, 0.0)
-        mask[i, :take] = ok
+        z[i, :take], mask[i, :take] = model_input(window, dataset.mean, dataset.std, dataset.conf_threshold)
         valid[i, :take] = True
     return z, mask, valid
 

@@ -34,7 +34,7 @@ from models.checkpoint import (
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import DEFAULT_NOISE_SCHEDULE, Diffusion
 from storage import Workspace
-from storage.motion_dataset import MotionDataset, open_motion_dataset
+from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset
 
 
 class TrainingDivergedError(RuntimeError):
@@ -117,7 +117,8 @@ class BatchSampler:
         self.rng = rng
 
     def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``z [B, L, J, 2]`` (z-scored, masked joints at 0), ``mask [B, L, J]`` (loss mask), ``valid [B, L]``."""
+        """``z [B, L, J, 2]`` (z-scored; see :func:`~storage.motion_dataset.model_input`), ``mask [B, L, J]`` (loss
+        mask: confident joints), ``valid [B, L]``."""
         picks = self.rng.integers(0, len(self.offsets), size=batch_size)
         joints = self.clips.shape[1]
         z = np.zeros((batch_size, self.max_len, joints, 2), np.float32)
@@ -128,9 +129,7 @@ class BatchSampler:
             take = min(length, self.max_len)
             start = int(self.offsets[i]) + int(self.rng.integers(0, length - take + 1))
             window = np.asarray(self.clips[start : start + take], dtype=np.float32)
-            ok = window[..., 2] >= self.threshold
-            z[b, :take] = np.where(ok[..., None], (window[..., :2] - self.mean) / self.std, 0.0)
-            mask[b, :take] = ok
+            z[b, :take], mask[b, :take] = model_input(window, self.mean, self.std, self.threshold)
             valid[b, :take] = True
         return z, mask, valid
 

@@ -44,7 +44,7 @@ from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, normalize_2d, 
 from pipeline.evaluator_store import load_or_train_evaluator  # noqa: E402
 from pipeline.skeletons import get_skeleton  # noqa: E402
 from storage import Catalog, Workspace  # noqa: E402
-from storage.motion_dataset import MotionDataset, open_motion_dataset, read_truth_3d  # noqa: E402
+from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset, read_truth_3d  # noqa: E402
 
 SIDE_AZIMUTH = math.pi / 2
 METRICS_2D = ("fid", "diversity", "precision", "recall")
@@ -82,8 +82,9 @@ class MotionSet:
 
 
 def dataset_xy(dataset: MotionDataset, split: str, length: int, real_only: bool = False) -> np.ndarray:
-    """First ``length`` frames of every clip of a split in data units ``[N, L, J, 2]``; joints under the confidence
-    threshold take the dataset mean (what the model sees for them). ``real_only`` leaves out mirrored copies."""
+    """First ``length`` frames of every clip of a split in data units ``[N, L, J, 2]``, as the models see them
+    (:func:`~storage.motion_dataset.model_input`: stored values, the dataset mean where there is none).
+    ``real_only`` leaves out mirrored copies."""
     rows = dataset.split(split)
     if real_only and "mirrored" in rows:
         rows = rows[~rows["mirrored"].astype(bool)]
@@ -92,8 +93,8 @@ def dataset_xy(dataset: MotionDataset, split: str, length: int, real_only: bool 
         if clip_len < length:
             continue
         clip = np.asarray(dataset.clips[offset : offset + length])
-        ok = clip[..., 2] >= dataset.conf_threshold
-        out.append(np.where(ok[..., None], clip[..., :2], dataset.mean))
+        z, _ = model_input(clip, dataset.mean, dataset.std, dataset.conf_threshold)
+        out.append(z * dataset.std + dataset.mean)
     if not out:
         raise ValueError(f"no {split} clip has {length} frames; evaluate with a shorter --length")
     return np.stack(out).astype(np.float32)

@@ -55,6 +55,21 @@ def normalisation_stats(clips: list[np.ndarray], conf_threshold: float) -> tuple
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def model_input(
+    window: np.ndarray, mean: np.ndarray, std: np.ndarray, conf_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the models see of clip frames ``[..., J, 3]``: ``(z [..., J, 2], confident [..., J])``.
+
+    Every joint with finite coordinates keeps its value, confident or not: the process stage's gap filling and
+    outlier repair put plausible positions there (the official code feeds the stored values too); only joints with
+    no value at all take the dataset mean (z = 0). ``confident`` (conf >= threshold) is the loss mask: the
+    low-confidence values are fed, never trained on."""
+    xy = window[..., :2]
+    finite = np.isfinite(xy).all(-1)
+    z = np.where(finite[..., None], (np.where(finite[..., None], xy, 0.0) - mean) / std, 0.0)
+    return z.astype(np.float32), (window[..., 2] >= conf_threshold) & finite
+
+
 def write_motion_dataset(
     ws: Workspace,
     name: str,

@@ -127,3 +127,26 @@ def test_ddp_with_gloo_two_processes(synthetic_ws, tmp_path):
     assert reports == ["RANK_DONE 0 2 4 in_sync", "RANK_DONE 1 2 4 in_sync"]
     assert synthetic_ws.exists(f"{synthetic_ws.checkpoint_dir('ddp')}/last.pt")
     assert np.isfinite(load_checkpoint(synthetic_ws, f"{synthetic_ws.checkpoint_dir('ddp')}/last.pt")["step"])
+
+
+def test_low_confidence_joints_are_fed_with_their_filled_values_and_masked_in_the_loss(synthetic_ws):
+    from models.trainer import BatchSampler
+    from storage.motion_dataset import model_input, open_motion_dataset
+
+    mean, std = np.array([[1.0, 2.0]] * 3), np.array([[0.5, 0.5]] * 3)
+    frames = np.array([[[2.0, 3.0, 0.9], [1.5, 2.5, 0.1], [np.nan, np.nan, 0.0]]])  # confident, filled, missing
+    z, mask = model_input(frames, mean, std, conf_threshold=0.3)
+    np.testing.assert_allclose(z[0], [[2.0, 2.0], [1.0, 1.0], [0.0, 0.0]])  # the filled joint keeps its value
+    assert mask[0].tolist() == [True, False, False]  # ...and stays out of the loss
+    # the trainer's batches: a low-confidence joint with a stored value is fed that value, not the mean
+    dataset = open_motion_dataset(synthetic_ws, "synth")
+    sampler = BatchSampler(dataset, 8, np.random.default_rng(0))
+    row = dataset.split("train").iloc[0]
+    sampler.offsets, sampler.lengths = np.array([row["offset"]]), np.array([8])
+    clip = np.array(dataset.clips[row["offset"] : row["offset"] + 8])
+    clip[:, 3, 2] = 0.0  # joint 3 unconfident: what the process stage leaves after gap filling
+    sampler.clips = clip.copy()
+    sampler.offsets = np.array([0])
+    z, mask, valid = sampler.draw(1)
+    assert not mask[0, :, 3].any() and mask[0, :, 4].all() and valid[0].all()
+    np.testing.assert_allclose(z[0, :, 3], (clip[:, 3, :2] - dataset.mean[3]) / dataset.std[3], rtol=1e-5)
