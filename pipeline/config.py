@@ -86,6 +86,11 @@ class ProcessConfig(_Strict):
     max_gap_frames: int = Field(default=5, ge=0, description="longest low-confidence gap filled by interpolation")
     smoothing: Literal["none", "savgol", "butterworth", "one_euro"] = "savgol"
     smoothing_window: int = Field(default=7, ge=3)
+    root_centring: Literal["clip", "frame"] = Field(
+        default="clip",
+        description="clip: centre each clip on its mean root position (keeps the trajectory); frame: the root at "
+        "(0, 0) in every frame, as the official MAS NBA data (drops the trajectory)",
+    )
     mirror: bool = True
     clip_min_frames: int = Field(default=40, gt=0)
     clip_max_frames: int = Field(default=120, gt=0)

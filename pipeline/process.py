@@ -253,6 +253,34 @@ def smooth(track: Track, method: str, window: int, fps: float) -> Track:
     return replace(track, keypoints=kp)
 
 
+def place_unseen_joints(xy: np.ndarray) -> np.ndarray:
+    """Give joints without coordinates ``[L, J, 2]`` (NaN) a position near the body: the frame's centroid of the
+    seen joints (interpolated over frames that see none) plus the joint's median offset from it over the clip (no
+    offset for a joint the clip never sees). They stay masked in the loss (confidence unchanged); this only decides
+    what the models are fed there, instead of a point far from a body that moved."""
+    finite = np.isfinite(xy).all(-1)
+    if finite.all():
+        return xy
+    count = finite.sum(1)
+    if not count.any():
+        return np.zeros_like(xy)
+    seen = np.where(finite[..., None], xy, 0.0)
+    centroid = seen.sum(1) / np.maximum(count, 1)[:, None]
+    frames, have = np.arange(len(xy)), count > 0
+    centroid = np.stack([np.interp(frames, frames[have], centroid[have, a]) for a in (0, 1)], -1)
+    offsets = np.where(finite[..., None], xy - centroid[:, None], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: joints the clip never sees
+        median = np.nanmedian(offsets, axis=0)
+    median = np.where(np.isfinite(median), median, 0.0)
+    return np.where(finite[..., None], xy, centroid[:, None] + median[None]).astype(xy.dtype)
+
+
+def centre_root_per_frame(xy: np.ndarray, root: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Put the root at (0, 0) in every frame (the official MAS NBA layout; the trajectory is dropped)."""
+    return xy - xy[:, list(root)].mean(1, keepdims=True)
+
+
 def cut_clips(track: Track, min_len: int, max_len: int) -> list[Track]:
     """Consecutive pieces of ``max_len`` frames; a remainder of at least ``min_len`` frames is kept too."""
     clips = []
@@ -329,12 +357,14 @@ def process_tracks(
                 except ValueError:
                     dropped["no_confident_body"] += 1
                     continue
+                xy = place_unseen_joints(xy)  # unseen joints: near the body, masked
                 data = np.concatenate([xy, conf[..., None]], -1).astype(np.float32)
-                data[..., :2] = np.where(np.isfinite(data[..., :2]), data[..., :2], 0.0)  # unseen joints: masked
                 data[..., 2] = np.where(np.isfinite(data[..., 2]), data[..., 2], 0.0)
-                if motion_amount(data, cfg.conf_threshold) < cfg.min_motion:
+                if motion_amount(data, cfg.conf_threshold) < cfg.min_motion:  # with the trajectory, either way
                     dropped["static"] += 1
                     continue
+                if cfg.root_centring == "frame":
+                    data[..., :2] = centre_root_per_frame(data[..., :2], skeleton.root)
                 clips.append(data)
                 rows.append({"video_id": clip.video_id, "track_id": clip.track_id, "start_frame": clip.start_frame,
                              "mean_conf": float(body_conf.mean()), "mirrored": False})  # fmt: skip

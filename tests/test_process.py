@@ -12,6 +12,7 @@ from pipeline.process import (
     fill_gaps,
     finalize,
     hampel,
+    place_unseen_joints,
     process_tracks,
     resample,
     smooth,
@@ -122,6 +123,41 @@ def test_process_tracks_counts_drops_and_handles_nans():
     for clip in result.clips:
         assert np.isfinite(clip).all() and clip.shape[1:] == (17, 3)
     assert (result.clips[-1][:, 0, 2] == 0).all()  # the never-seen joint is masked, not invented
+    # ...and what the models are fed there stays on the body (the head's place), not the clip's mean root (0, 0)
+    clip = result.clips[-1]
+    np.testing.assert_allclose(clip[:, 0, :2], clip[:, 1:, :2].mean(1), atol=1e-5)  # the seen joints' centre
+
+
+def test_unseen_joints_are_placed_near_the_body_with_their_usual_offset():
+    rng = np.random.default_rng(0)
+    pose = rng.normal(size=(1, 5, 2))
+    path = np.linspace([0.0, 0.0], [4.0, 1.0], 30)[:, None]  # a body that moves 4 units
+    xy = pose + path
+    holed = xy.copy()
+    holed[10:20, 2] = np.nan  # joint 2 unseen for 10 frames
+    holed[:, 4] = np.nan  # joint 4 never seen
+    holed[25] = np.nan  # a frame that sees nobody
+    placed = place_unseen_joints(holed)
+    assert np.isfinite(placed).all()
+    np.testing.assert_allclose(placed[10:20, 2], xy[10:20, 2], atol=0.6)  # near where it really was
+    np.testing.assert_array_equal(placed[:10, :4], xy[:10, :4])  # seen joints untouched
+    centroid = xy[:, :4].mean(1)
+    frames = np.r_[0:10, 20:25]  # frames that see joints 0-3 (their centroid is the body's centre)
+    np.testing.assert_allclose(placed[frames, 4], centroid[frames], atol=1e-6)  # never seen: the body's centre
+    assert np.abs(placed[25] - xy[25]).max() < 2.0  # interpolated frame stays with the body
+    assert (place_unseen_joints(np.full((3, 2, 2), np.nan)) == 0).all()
+
+
+def test_root_centring_per_frame_is_the_official_layout():
+    walk = pixel_track(5, 90)
+    frame_cfg = ProcessConfig(**{**CFG.model_dump(), "root_centring": "frame"})
+    per_clip = process_tracks([walk], COCO17, CFG, 30.0, 30.0).clips[0]
+    per_frame = process_tracks([walk], COCO17, frame_cfg, 30.0, 30.0).clips[0]
+    root = list(COCO17.root)
+    np.testing.assert_allclose(per_frame[:, root, :2].mean(1), 0.0, atol=1e-5)  # hip at (0, 0) in every frame
+    assert np.abs(per_clip[:, root, :2].mean(1)).max() > 0.1  # the default keeps the trajectory
+    np.testing.assert_allclose(per_frame[..., :2], per_clip[..., :2] - per_clip[:, root, :2].mean(1, keepdims=True),
+                               atol=1e-5)  # fmt: skip
 
 
 def test_mirrored_clips_and_split_by_video():
