@@ -310,6 +310,52 @@ def synthetic(
         typer.echo(f"  {path}")
 
 
+@app.command("export-mas")
+def export_mas(
+    dataset: Annotated[str, typer.Argument(help="Dataset name in the workspace.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write motions/*.npy, Mean.npy, Std.npy into.")],
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    fps: Annotated[float | None, typer.Option(help="fps of the files (official NBA loader: 60).")] = None,
+    scale: Annotated[str, typer.Option(help="A number, or 'official' (the official NBA units).")] = "1",
+    root_centring: Annotated[str, typer.Option(help="clip (ours) or frame (hip at (0, 0), official NBA).")] = "clip",
+) -> None:
+    """Write a dataset in the official MAS code's layout (its loader reads the same numbers)."""
+    from pipeline.mas_layout import export_mas_layout
+    from storage.motion_dataset import DatasetFormatError, open_motion_dataset
+
+    try:
+        chosen = scale if scale == "official" else float(scale)
+        data = open_motion_dataset(open_workspace(workspace), dataset)
+        export_mas_layout(data, str(out), fps=fps, scale=chosen, root_centring=root_centring)  # type: ignore[arg-type]
+    except (ValueError, DatasetFormatError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"{len(data.index)} motions of {dataset} written to {out}/motions (Mean.npy, Std.npy, mas_layout.json)")
+
+
+@app.command("import-mas")
+def import_mas(
+    folder: Annotated[Path, typer.Argument(help="A folder holding motions/*.npy (official MAS layout).")],
+    name: Annotated[str, typer.Option(help="Dataset name to create.")],
+    skeleton: Annotated[str, typer.Option(help="Skeleton of the files, e.g. nba16.")],
+    fps: Annotated[float, typer.Option(help="fps of the dataset to create.")] = 30.0,
+    file_fps: Annotated[float | None, typer.Option(help="fps of the files (official NBA: 60).")] = None,
+    conf_threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.3,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+) -> None:
+    """Import a dataset in the official MAS code's layout (its NBA files, or our own export)."""
+    from pipeline.mas_layout import import_mas_layout
+    from storage.motion_dataset import DatasetFormatError
+
+    try:
+        paths = import_mas_layout(open_workspace(workspace), name, str(folder), skeleton, fps, conf_threshold,
+                                  file_fps=file_fps)  # fmt: skip
+    except (ValueError, KeyError, DatasetFormatError) as exc:
+        fail(str(exc).strip('"'))
+        return
+    typer.echo(f"dataset {name} written: {paths[0].rsplit('/', 1)[0]}")
+
+
 EvalNOpt = Annotated[
     int,
     typer.Option(

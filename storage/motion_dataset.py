@@ -13,15 +13,12 @@
                    Training never reads it; evaluation compares generated motions with ``test`` (held-out truth) and
                    scores ``train`` against ``test`` as the floor.
 
-``clips.npy`` is memory-mapped when read, so training draws batches without per-file reads. The MAS code's layout
-(``motions/*.npy`` + ``Mean.npy``/``Std.npy``) is produced by :func:`export_mas_layout` and read by
-:func:`import_mas_layout`.
+``clips.npy`` is memory-mapped when read, so training draws batches without per-file reads. The official MAS code's
+layout (``motions/*.npy`` + ``Mean.npy``/``Std.npy``) is converted both ways by :mod:`pipeline.mas_layout`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -223,51 +220,3 @@ def read_truth_3d(ws: Workspace, dataset: MotionDataset) -> Truth3D | None:
         return None
     with ws.local_copy(path) as local, np.load(local) as data:
         return Truth3D(data["train"], data["test"], data["train_ids"], data["test_ids"], float(data["fps"]))
-
-
-def export_mas_layout(dataset: MotionDataset, out_dir: str) -> str:
-    """Write the MAS code's layout: ``motions/<clip_id>.npy`` ([L, J, 3]) and ``Mean.npy``/``Std.npy``."""
-    motions = os.path.join(out_dir, "motions")
-    os.makedirs(motions, exist_ok=True)
-    for row in range(len(dataset.index)):
-        clip_id = str(dataset.index["clip_id"].iat[row])
-        np.save(os.path.join(motions, f"{clip_id}.npy"), dataset.clip(row))
-    np.save(os.path.join(out_dir, "Mean.npy"), dataset.mean)
-    np.save(os.path.join(out_dir, "Std.npy"), dataset.std)
-    with open(os.path.join(out_dir, "meta.json"), "w") as handle:
-        json.dump(dataset.meta, handle, indent=2)
-    return out_dir
-
-
-def import_mas_layout(
-    ws: Workspace, name: str, mas_dir: str, skeleton: str, fps: float, conf_threshold: float,
-    test_fraction: float = 0.1, seed: int = 0,
-) -> list[str]:  # fmt: skip
-    """Import ``motions/*.npy`` (``[L, J, 2]`` or ``[L, J, 3]``) as a dataset, split by file with a fixed seed."""
-    motions = os.path.join(mas_dir, "motions")
-    files = sorted(f for f in os.listdir(motions) if f.endswith(".npy")) if os.path.isdir(motions) else []
-    if not files:
-        raise DatasetFormatError(f"{motions} holds no .npy motions")
-    clips = []
-    for f in files:
-        clip = np.load(os.path.join(motions, f)).astype(np.float32)
-        if clip.ndim != 3 or clip.shape[-1] not in (2, 3):
-            raise DatasetFormatError(f"{f}: expected [L, J, 2|3], got {clip.shape}")
-        if clip.shape[-1] == 2:
-            clip = np.concatenate([clip, np.ones(clip.shape[:-1] + (1,), np.float32)], -1)
-        clips.append(clip)
-    rng = np.random.default_rng(seed)
-    test = set(rng.permutation(len(files))[: int(round(test_fraction * len(files)))].tolist())
-    index = pd.DataFrame(
-        {
-            "clip_id": [f.removesuffix(".npy") for f in files],
-            "video_id": [f.removesuffix(".npy") for f in files],
-            "track_id": 0,
-            "start_frame": 0,
-            "mean_conf": [float(c[..., 2].mean()) for c in clips],
-            "split": ["test" if i in test else "train" for i in range(len(files))],
-            "mirrored": False,
-        }
-    )
-    meta = {"skeleton": skeleton, "fps": fps, "source": f"imported from MAS layout {mas_dir}"}
-    return write_motion_dataset(ws, name, clips, index, meta, conf_threshold)

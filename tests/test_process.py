@@ -5,6 +5,7 @@ import pytest
 from pipeline.cameras import project, rotation_matrix
 from pipeline.config import DatasetConfig, ProcessConfig
 from pipeline.dataset_stage import build_dataset
+from pipeline.mas_layout import OFFICIAL_NBA_MEAN_POSE_HEIGHT, export_mas_layout, import_mas_layout, mean_pose_height
 from pipeline.process import (
     Track,
     crowd_mask,
@@ -23,7 +24,7 @@ from pipeline.process import (
 from pipeline.skeletons import COCO17, NBA16, mirror
 from pipeline.synthetic import generate_motion
 from storage import Catalog, Workspace
-from storage.motion_dataset import export_mas_layout, import_mas_layout, open_motion_dataset
+from storage.motion_dataset import open_motion_dataset
 from storage.tables import poses_frame, read_poses, write_poses
 
 CFG = ProcessConfig(min_track_frames=20, clip_min_frames=20, clip_max_frames=40, max_gap_frames=4, min_motion=0.02)
@@ -207,6 +208,7 @@ def test_build_dataset_end_to_end_and_mas_layout(tmp_path):
     imported = open_motion_dataset(ws, "toy-imported")
     assert len(imported.index) == len(dataset.index)
     np.testing.assert_allclose(np.sort(imported.clips[..., 0].ravel()), np.sort(dataset.clips[..., 0].ravel()))
+    _check_official_layout_both_ways(ws, dataset, tmp_path)
     with pytest.raises(ValueError, match="no finished poses"):
         build_dataset(ws, config, video_ids=["nope"])
 
@@ -267,3 +269,74 @@ def test_a_failing_video_is_named_and_skipped(tmp_path):
     card = ws.read_text(f"{ws.dataset_dir('some-bad')}/card.md")
     assert "failed video `broken` (skipped)" in card
     assert "broken" in Catalog(ws).get("dataset", "some-bad").meta["failed_videos"]
+
+
+def _official_loader(mas_dir, fps=30, og_fps=60, threshold=0.3):
+    """What the official code's NBADataset (data_loaders/base_dataset.py, nba/dataset.py) makes of a layout:
+    ``motion[::og_fps // fps]``, ``(xy - Mean) / Std``, mask ``conf >= threshold``; by file name."""
+    import os
+
+    mean, std = np.load(os.path.join(mas_dir, "Mean.npy")), np.load(os.path.join(mas_dir, "Std.npy"))
+    out = {}
+    for f in os.listdir(os.path.join(mas_dir, "motions")):
+        motion = np.load(os.path.join(mas_dir, "motions", f))[:: og_fps // fps]
+        out[f.split(".")[0]] = ((motion[..., :2] - mean) / std, motion[..., [2]] >= threshold)
+    return out, mean, std
+
+
+def _check_official_layout_both_ways(ws, dataset, tmp_path):
+    root = list(COCO17.root)
+    # ours -> the official loader (60 fps files, official units, hip at (0, 0) in every frame) -> the same numbers
+    out = export_mas_layout(dataset, str(tmp_path / "official"), fps=60, scale="official", root_centring="frame")
+    scale = OFFICIAL_NBA_MEAN_POSE_HEIGHT / mean_pose_height(dataset.mean)
+    loaded, mean, std = _official_loader(out)
+    assert len(loaded) == len(dataset.index)
+    for row in range(len(dataset.index)):
+        clip = np.array(dataset.clip(row))
+        z, mask = loaded[str(dataset.index["clip_id"].iat[row])]
+        xy = z * std + mean
+        expected = (clip[..., :2] - clip[:, root, :2].mean(1, keepdims=True)) * scale
+        np.testing.assert_allclose(xy, expected, atol=1e-5)  # every frame back, no interpolated one
+        np.testing.assert_array_equal(mask[..., 0], clip[..., 2] >= 0.3)
+    raw = np.load(f"{out}/motions/{dataset.index['clip_id'].iat[0]}.npy")
+    assert len(raw) == 2 * len(dataset.clip(0)) - 1  # 60 fps in the file
+    np.testing.assert_allclose(mean[root].mean(0), 0.0, atol=1e-6)  # the official Mean.npy has the hip at (0, 0)
+    # and back: our own export converts back exactly (per-frame centred now)
+    import_mas_layout(ws, "toy-back", out, "coco17", 30.0, 0.3)
+    back = open_motion_dataset(ws, "toy-back")
+    assert back.meta["root_centring"] == "frame"
+    first = np.array(dataset.clip(0))
+    row = int(np.flatnonzero(back.index["clip_id"] == dataset.index["clip_id"].iat[0])[0])
+    np.testing.assert_allclose(back.clip(row)[..., :2], first[..., :2] - first[:, root, :2].mean(1, keepdims=True),
+                               atol=1e-5)  # fmt: skip
+    # foreign official-style files (no mas_layout.json): 60 fps kept every second frame, normalised to our units
+    (tmp_path / "official" / "mas_layout.json").unlink()
+    import_mas_layout(ws, "toy-foreign", out, "coco17", 30.0, 0.3, file_fps=60)
+    foreign = open_motion_dataset(ws, "toy-foreign")
+    clip = foreign.clip(row)
+    assert len(clip) == len(first) and foreign.meta["root_centring"] == "frame"
+    ratio = np.ptp(clip[..., 1]) / np.ptp(first[..., 1] - first[:, root, 1].mean(1, keepdims=True))
+    assert 0.8 < ratio < 1.25  # our body-size units again (not 3.9x larger)
+    with pytest.raises(ValueError, match="whole multiple"):
+        export_mas_layout(dataset, str(tmp_path / "bad"), fps=45)
+
+
+def test_mas_layout_commands(synthetic_ws, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    ws = str(synthetic_ws.root)
+    out = tmp_path / "official"
+    done = runner.invoke(app, ["export-mas", "synth", str(out), "-w", ws, "--fps", "60", "--scale", "official",
+                               "--root-centring", "frame"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "written to" in done.output and len(list((out / "motions").glob("*.npy"))) == 64
+    back = runner.invoke(app, ["import-mas", str(out), "--name", "synth-back", "--skeleton", "coco17", "-w", ws])
+    assert back.exit_code == 0, back.output
+    assert open_motion_dataset(synthetic_ws, "synth-back").meta["root_centring"] == "frame"
+    bad = runner.invoke(app, ["export-mas", "synth", str(tmp_path / "x"), "-w", ws, "--fps", "45"])
+    assert bad.exit_code == 2 and "whole multiple" in bad.output
+    wrong = runner.invoke(app, ["import-mas", str(out), "--name", "w", "--skeleton", "nba16", "-w", ws])
+    assert wrong.exit_code == 2 and "17 joints" in wrong.output and "nba16" in wrong.output
