@@ -18,7 +18,16 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
 from models.triangulation import triangulate
-from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project, project_each, rotation_matrix, view_azimuths
+from pipeline.cameras import (
+    DEFAULT_DISTANCE,
+    DEFAULT_ELEVATION,
+    DEFAULT_SUBJECT_HEIGHT_M,
+    camera_distance,
+    project,
+    project_each,
+    rotation_matrix,
+    view_azimuths,
+)
 
 
 class SamplingError(RuntimeError):
@@ -29,12 +38,14 @@ class SamplingError(RuntimeError):
 class MASConfig:
     num_views: int = 5
     elevation: float = DEFAULT_ELEVATION
-    distance: float = DEFAULT_DISTANCE
+    distance: float = DEFAULT_DISTANCE  # data units; see distance_m
     projection: str = "perspective"  # camera model of the motions; noise is always projected orthographically
     steps: int | None = None  # respaced diffusion steps (None: all of the model's)
     noise_3d: bool = True  # False: the "no 3D noise" ablation, independent noise per view
     dynamic_views: bool = False  # seed appendix C: new random view offsets every step, history replayed
     refine_iters: int = 2
+    distance_m: float | None = None  # metres (replaces distance): distance_m / subject_height_m mean-pose heights
+    subject_height_m: float = DEFAULT_SUBJECT_HEIGHT_M
 
     def __post_init__(self) -> None:
         if self.num_views < 2:
@@ -47,9 +58,19 @@ class MASConfig:
             )
         if self.projection == "perspective" and self.distance <= 0:
             raise SamplingError(f"camera distance must be positive, got {self.distance}")
+        if (self.distance_m is not None and self.distance_m <= 0) or self.subject_height_m <= 0:
+            raise SamplingError(f"camera distance ({self.distance_m} m) and subject height ({self.subject_height_m} m) "
+                                "must be positive")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def camera_distance(self, mean_pose) -> float | None:
+        """Perspective distance in data units for a model with this mean pose (None: orthographic)."""
+        try:
+            return camera_distance(self.projection, self.distance, self.distance_m, self.subject_height_m, mean_pose)
+        except ValueError as exc:
+            raise SamplingError(str(exc)) from None
 
 
 def _rotations(azimuths: torch.Tensor, elevation: float) -> torch.Tensor:
@@ -85,7 +106,7 @@ def mas_sample(
     generator = torch.Generator(device=device).manual_seed(seed)
     joints = trained.model.config.num_joints
     views = cfg.num_views
-    distance = cfg.distance if cfg.projection == "perspective" else None
+    distance = cfg.camera_distance(trained.mean)
 
     base = torch.as_tensor(view_azimuths(views), dtype=torch.float32, device=device)
     rot = _rotations(base, cfg.elevation)  # [V, 3, 3] shared by all samples; [S, V, 3, 3] once views are dynamic

@@ -18,7 +18,13 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
 from models.mas import SamplingError, _rotations
-from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project_each
+from pipeline.cameras import (
+    DEFAULT_DISTANCE,
+    DEFAULT_ELEVATION,
+    DEFAULT_SUBJECT_HEIGHT_M,
+    camera_distance,
+    project_each,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class SDSConfig:
     distance: float = DEFAULT_DISTANCE
     projection: str = "perspective"
     annealed: bool = False
+    distance_m: float | None = None  # metres, as in MASConfig
+    subject_height_m: float = DEFAULT_SUBJECT_HEIGHT_M
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -62,7 +70,10 @@ def sds_sample(
     joints = trained.model.config.num_joints
     diffusion = trained.diffusion
     steps = diffusion.num_steps
-    distance = cfg.distance if cfg.projection == "perspective" else None
+    try:
+        distance = camera_distance(cfg.projection, cfg.distance, cfg.distance_m, cfg.subject_height_m, trained.mean)
+    except ValueError as exc:
+        raise SamplingError(str(exc)) from None
     motion = (0.1 * torch.randn(num_samples, length, joints, 3, device=device, generator=generator)).requires_grad_()
     optimizer = torch.optim.Adam([motion], lr=cfg.lr)
     trained.model.requires_grad_(False)

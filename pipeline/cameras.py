@@ -31,10 +31,42 @@ from typing import Any
 import numpy as np
 
 DEFAULT_ELEVATION = math.pi / 16
-DEFAULT_DISTANCE = 7.0
+DEFAULT_DISTANCE = 7.0  # data units (see the README's camera model: about 10 mean-pose heights)
+# The official NBA geometry (sample/mas.py, data_loaders/nba/config.py): distance 7 in 3D units where 2D = 3D / 0.75
+# and the NBA mean pose is 3.30 2D units tall, so the camera is 7 / (3.30 * 0.75) = 2.83 mean-pose heights away.
+OFFICIAL_NBA_MEAN_POSE_HEIGHT = 3.3007  # data_loaders/nba/Mean.npy: head y (1.6786) minus foot y (-1.6221)
+OFFICIAL_DISTANCE_IN_HEIGHTS = 7.0 / (OFFICIAL_NBA_MEAN_POSE_HEIGHT * 0.75)
+DEFAULT_SUBJECT_HEIGHT_M = 1.8  # what one mean-pose height stands for when distances are given in metres
 # An adult's RMS joint spread is about a quarter of the body height, so dividing by (spread / 0.25) makes one data
 # unit about one body height; the MAS camera distance (7) is measured in these units.
 BODY_SIZE_TO_UNIT = 0.25
+
+
+def pose_height(mean_pose: Any) -> float:
+    """Vertical extent of a mean pose ``[J, 2]`` (y up) in its units: the body height that camera distances in
+    metres are measured with (the official code's NBA mean pose: 3.30)."""
+    y = np.asarray(mean_pose, dtype=np.float64)[:, 1] if not _is_torch(mean_pose) else mean_pose[:, 1].double().cpu()
+    return float(y.max() - y.min())
+
+
+def metres_to_units(distance_m: float, mean_pose: Any, subject_height_m: float = DEFAULT_SUBJECT_HEIGHT_M) -> float:
+    """A camera distance in metres as data units: ``distance_m / subject_height_m`` mean-pose heights."""
+    if not distance_m > 0 or not subject_height_m > 0:
+        raise ValueError(f"camera distance ({distance_m} m) and subject height ({subject_height_m} m) must be positive")
+    height = pose_height(mean_pose)
+    if not height > 0:
+        raise ValueError("cannot convert a distance in metres: the dataset's mean pose has no height; "
+                         "give the distance in data units instead")  # fmt: skip
+    return distance_m / subject_height_m * height
+
+
+def camera_distance(projection: str, distance: float, distance_m: float | None, subject_height_m: float,
+                    mean_pose: Any) -> float | None:  # fmt: skip
+    """The perspective camera distance in data units (None for orthographic cameras): ``distance_m`` converted with
+    :func:`metres_to_units` when given, else ``distance`` (data units)."""
+    if projection == "orthographic":
+        return None
+    return metres_to_units(distance_m, mean_pose, subject_height_m) if distance_m is not None else distance
 
 
 def _is_torch(x: Any) -> bool:
@@ -125,7 +157,12 @@ def _image_plane(cam: Any, distance: float | None, mode: str) -> Any:
         raise ValueError(f"perspective projection needs a positive camera distance, got {distance}")
     depth = distance + cam[..., 2:3]
     if (depth <= 0).any():
-        raise ValueError(f"points behind the camera: the motion reaches beyond the camera distance {distance}")
+        reach = float(-cam[..., 2].min())
+        raise ValueError(
+            f"points behind the camera: the motion reaches {reach:.3g} units towards a camera {distance:.3g} units "
+            "away; use a larger camera distance, or centre the clips on the root in every frame "
+            "(process.root_centring: frame), which the official code's close cameras assume"
+        )
     return distance * cam[..., :2] / depth
 
 

@@ -254,6 +254,10 @@ def sample(
     length: Annotated[int | None, typer.Option(min=1, help="Frames per motion.")] = None,
     views: Annotated[int, typer.Option(min=2, help="Number of MAS views (at least 2).")] = 5,
     distance: Annotated[float, typer.Option(min=0.0, help="Camera distance (data units).")] = 7.0,
+    distance_m: Annotated[
+        float | None, typer.Option(min=0.0, help="Camera distance in metres (replaces --distance; official NBA: 5.1).")
+    ] = None,
+    subject_height: Annotated[float, typer.Option(min=0.0, help="Subject height (m) for --distance-m.")] = 1.8,
     elevation: Annotated[float, typer.Option(help="Camera elevation (radians).")] = 0.19634954084936207,
     steps: Annotated[int | None, typer.Option(min=1, help="Diffusion steps (respaced).")] = None,
     orthographic: Annotated[bool, typer.Option(help="Orthographic instead of perspective cameras.")] = False,
@@ -276,10 +280,11 @@ def sample(
     ws = open_workspace(workspace)
     projection = "orthographic" if orthographic else "perspective"
     try:
-        mas_cfg = MASConfig(num_views=views, elevation=elevation, distance=distance, projection=projection,
-                            steps=steps, noise_3d=not no_3d_noise, dynamic_views=dynamic_views)  # fmt: skip
-        sds_cfg = SDSConfig(iterations=sds_iterations, elevation=elevation, distance=distance, projection=projection,
-                            annealed=annealed)  # fmt: skip
+        geometry = {"elevation": elevation, "distance": distance, "projection": projection, "distance_m": distance_m,
+                    "subject_height_m": subject_height}  # fmt: skip
+        mas_cfg = MASConfig(num_views=views, steps=steps, noise_3d=not no_3d_noise, dynamic_views=dynamic_views,
+                            **geometry)  # fmt: skip
+        sds_cfg = SDSConfig(iterations=sds_iterations, annealed=annealed, **geometry)
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
                               length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, precision=precision,
                               render=render, force=force)  # fmt: skip

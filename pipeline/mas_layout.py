@@ -29,21 +29,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.cameras import normalize_2d
+from pipeline.cameras import OFFICIAL_NBA_MEAN_POSE_HEIGHT, normalize_2d, pose_height
 from pipeline.process import centre_root_per_frame
 from pipeline.skeletons import get_skeleton
 from storage import Workspace
 from storage.motion_dataset import DatasetFormatError, MotionDataset, normalisation_stats, write_motion_dataset
 
-# data_loaders/nba/Mean.npy of the official code: head y (1.6786) minus foot y (-1.6221)
-OFFICIAL_NBA_MEAN_POSE_HEIGHT = 3.3007
 OFFICIAL_NBA_FPS = 60
 LAYOUT_FILE = "mas_layout.json"
-
-
-def mean_pose_height(mean: np.ndarray) -> float:
-    """Vertical extent of a mean pose ``[J, 2]`` (y up): how tall the dataset's average body is in its units."""
-    return float(mean[:, 1].max() - mean[:, 1].min())
 
 
 def _upsample(clip: np.ndarray, factor: int) -> np.ndarray:
@@ -84,7 +77,7 @@ def export_mas_layout(
     ``Mean.npy``/``Std.npy`` are the train split's statistics of the written (converted) frames."""
     dataset_fps = float(dataset.meta["fps"])
     factor = _export_factor(dataset_fps, fps or dataset_fps)
-    factor_scale = OFFICIAL_NBA_MEAN_POSE_HEIGHT / mean_pose_height(dataset.mean) if scale == "official" else scale
+    factor_scale = OFFICIAL_NBA_MEAN_POSE_HEIGHT / pose_height(dataset.mean) if scale == "official" else scale
     if not np.isfinite(factor_scale) or factor_scale <= 0:
         raise ValueError(f"export scale must be a positive number or 'official', got {scale!r}")
     if root_centring not in ("clip", "frame"):

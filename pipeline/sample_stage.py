@@ -94,7 +94,8 @@ def run_sampling(
             motions = sds_sample(trained, num_samples, length, sds, seed=seed, progress=progress)
         seconds = time.perf_counter() - start
         motions_np = motions.float().cpu().numpy()
-        paths = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas)
+        paths = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
+                               mas.camera_distance(trained.mean))  # fmt: skip
     except BaseException as exc:
         catalog.mark_failed("sample", name, exc, key=key)
         raise
@@ -103,7 +104,7 @@ def run_sampling(
     return SampleResult(name, motions_np, paths, seconds, precision=precision)
 
 
-def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig) -> list[str]:
+def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig, distance) -> list[str]:
     paths = []
     buffer = io.BytesIO()
     np.savez_compressed(buffer, motions=motions, params=np.array(json.dumps(params)), skeleton=np.array(skeleton.name))
@@ -123,7 +124,7 @@ def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASC
         centred = motion - motion[:, list(skeleton.root)].mean(axis=(0, 1))
         centred_t = torch.as_tensor(centred, dtype=torch.float64)
         try:
-            views = project(centred_t, rotations, mas.distance, mas.projection).numpy()
+            views = project(centred_t, rotations, distance, mas.projection).numpy()
         except ValueError:  # a motion reaching past the camera (a diverged sample): show it orthographically
             views = project(centred_t, rotations, None, "orthographic").numpy()
         with ws.atomic_path(f"{folder}/sample_{i:02d}_views.png") as tmp:
@@ -137,9 +138,15 @@ ABLATIONS: dict[str, dict] = {
     "views3": {"num_views": 3},
     "views5": {},
     "views9": {"num_views": 9},
-    "dist2": {"distance": 2.0},
-    "dist5": {"distance": 5.0},
-    "dist11": {"distance": 11.0},
+    "views21": {"num_views": 21},
+    # the paper's camera distances, in metres (a 1.8 m subject: distance_m / 1.8 mean-pose heights)
+    "dist2m": {"distance_m": 2.0},
+    "dist3m": {"distance_m": 3.0},
+    "dist5m": {"distance_m": 5.0},
+    "dist7m": {"distance_m": 7.0},
+    "dist11m": {"distance_m": 11.0},
+    "dist30m": {"distance_m": 30.0},
+    # diffusion steps: one model (T = 100) sampled with respaced steps, not models trained with that T
     "steps20": {"steps": 20},
     "steps50": {"steps": 50},
     "no3dnoise": {"noise_3d": False},

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from pipeline.cameras import (
+    DEFAULT_SUBJECT_HEIGHT_M,
+    OFFICIAL_DISTANCE_IN_HEIGHTS,
+    metres_to_units,
     normalize_2d,
+    pose_height,
     project,
     project_each,
     rotation_matrix,
@@ -164,3 +168,37 @@ def test_project_each_equals_projecting_each_motion_alone():
         np.testing.assert_allclose(batched.numpy(), loop, atol=1e-9)
     with pytest.raises(ValueError, match="behind the camera"):
         project_each(points * 100, rotations, 7.0)
+
+
+NBA_MEAN = np.array([[0.0, 0.0], [0.0059, -0.0538], [0.0320, -0.8467], [0.0387, -1.6221], [-0.0059, -0.0538],
+                     [-0.0320, -0.8467], [-0.0387, -1.6221], [0.0, 1.2095], [0.0, 1.3734], [0.0, 1.6786],
+                     [-0.0219, 1.0224], [-0.0154, 0.4987], [-0.0144, 0.1952], [0.0219, 1.0224], [0.0154, 0.4987],
+                     [0.0144, 0.1952]])  # fmt: skip  # the official data_loaders/nba/Mean.npy (4 decimals)
+
+
+def test_distance_in_metres_reproduces_the_official_nba_geometry():
+    assert pose_height(NBA_MEAN) == pytest.approx(3.3007, abs=1e-4)
+    assert OFFICIAL_DISTANCE_IN_HEIGHTS == pytest.approx(2.828, abs=1e-3)
+    official_m = OFFICIAL_DISTANCE_IN_HEIGHTS * DEFAULT_SUBJECT_HEIGHT_M  # 5.09 m for a 1.8 m subject
+    units = metres_to_units(official_m, NBA_MEAN)
+    assert units == pytest.approx(7 / 0.75, rel=1e-4)
+    # the official projection (sample/mas.py): 3D in units 0.75x the 2D ones, xy / (z + 7), drawn at 7 / 0.75
+    rng = np.random.default_rng(4)
+    motion_2d_units = rng.normal(size=(5, 16, 3))
+    rot = rotation_matrix([0.7], math.pi / 16)
+    cam = to_camera(motion_2d_units * 0.75, rot)[0]
+    official = cam[..., :2] / (cam[..., 2:] + 7.0) * 7.0 / 0.75
+    np.testing.assert_allclose(project(motion_2d_units, rot, distance=units)[0], official, rtol=2e-4, atol=1e-6)
+    # a 1.8 m subject 2 m away is 1.11 mean-pose heights away; the conversion refuses nonsense
+    assert metres_to_units(2.0, NBA_MEAN) == pytest.approx(2.0 / 1.8 * 3.3007, rel=1e-4)
+    with pytest.raises(ValueError, match="must be positive"):
+        metres_to_units(-1.0, NBA_MEAN)
+    with pytest.raises(ValueError, match="no height"):
+        metres_to_units(5.0, np.zeros((16, 2)))
+
+
+def test_points_behind_the_camera_get_an_error_naming_the_fix():
+    motion = np.zeros((2, 3, 3))
+    motion[1, 0, 2] = -3.0  # one joint walks 3 units towards the camera at azimuth 0
+    with pytest.raises(ValueError, match="reaches 3 units towards a camera 2 units away.*root_centring: frame"):
+        project(motion, rotation_matrix([0.0], 0.0), distance=2.0)

@@ -10,7 +10,7 @@ from models.diffusion import Diffusion
 from models.mas import MASConfig, SamplingError, mas_sample
 from models.sds import SDSConfig, sds_lowest_timestep, sds_sample
 from models.triangulation import triangulate
-from pipeline.cameras import project, view_rotations
+from pipeline.cameras import metres_to_units, project, view_rotations
 from pipeline.synthetic import generate_motions
 
 
@@ -176,3 +176,23 @@ def test_sds_follows_the_official_schedule_and_learning_rate():
     seen.clear()
     sds_sample(trained, 8, 4, SDSConfig(iterations=4, annealed=True, projection="orthographic"), seed=0)
     assert (seen[0] == trained.diffusion.num_steps - 1).all() and seen[-1].min() < seen[0].min()
+
+
+def test_mas_and_sds_take_the_camera_distance_in_metres():
+    trained = _trained(Shrink(17))
+    trained.mean = torch.tensor(generate_motions(1, 2, seed=1)[0, 0, :, :2], dtype=torch.float32)  # a real pose
+    units = metres_to_units(5.0, trained.mean, 1.8)
+    by_units = mas_sample(trained, 2, 8, MASConfig(num_views=3, steps=4, distance=units), seed=3)
+    by_metres = mas_sample(trained, 2, 8, MASConfig(num_views=3, steps=4, distance_m=5.0), seed=3)
+    torch.testing.assert_close(by_metres, by_units)
+    other = mas_sample(trained, 2, 8, MASConfig(num_views=3, steps=4, distance_m=5.0, subject_height_m=0.9), seed=3)
+    assert not torch.allclose(other, by_units)  # a smaller subject: the same metres are twice as far
+    assert MASConfig(distance_m=5.0).camera_distance(trained.mean) == pytest.approx(units)
+    assert MASConfig(distance_m=5.0, projection="orthographic").camera_distance(trained.mean) is None
+    sds = sds_sample(trained, 1, 8, SDSConfig(iterations=3, distance_m=5.0), seed=0)
+    assert torch.isfinite(sds).all()
+    with pytest.raises(SamplingError, match="must be positive"):
+        MASConfig(distance_m=-2.0)
+    flat = _trained(Constant(0.0, 17))  # a mean pose with no height cannot convert metres
+    with pytest.raises(SamplingError, match="no height"):
+        mas_sample(flat, 1, 8, MASConfig(num_views=2, steps=2, distance_m=5.0))

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cameras import project, rotation_matrix
+from pipeline.cameras import OFFICIAL_NBA_MEAN_POSE_HEIGHT, pose_height, project, rotation_matrix
 from pipeline.config import DatasetConfig, ProcessConfig
 from pipeline.dataset_stage import build_dataset
-from pipeline.mas_layout import OFFICIAL_NBA_MEAN_POSE_HEIGHT, export_mas_layout, import_mas_layout, mean_pose_height
+from pipeline.mas_layout import export_mas_layout, import_mas_layout
 from pipeline.process import (
     Track,
     crowd_mask,
@@ -288,7 +288,7 @@ def _check_official_layout_both_ways(ws, dataset, tmp_path):
     root = list(COCO17.root)
     # ours -> the official loader (60 fps files, official units, hip at (0, 0) in every frame) -> the same numbers
     out = export_mas_layout(dataset, str(tmp_path / "official"), fps=60, scale="official", root_centring="frame")
-    scale = OFFICIAL_NBA_MEAN_POSE_HEIGHT / mean_pose_height(dataset.mean)
+    scale = OFFICIAL_NBA_MEAN_POSE_HEIGHT / pose_height(dataset.mean)
     loaded, mean, std = _official_loader(out)
     assert len(loaded) == len(dataset.index)
     for row in range(len(dataset.index)):
