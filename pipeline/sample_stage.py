@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,8 +160,12 @@ def ablation_sample_sets(ws: Workspace, run: str, num_samples: int = 64, length:
     names = []
     for label, change in ABLATIONS.items():
         name = f"{run}-mas-{label}"
-        run_sampling(ws, run, name, num_samples=num_samples, length=length, mas=MASConfig(**change), seed=seed,
-                     device=device, precision=precision, render=0, progress=False)  # fmt: skip
+        try:
+            run_sampling(ws, run, name, num_samples=num_samples, length=length, mas=MASConfig(**change), seed=seed,
+                         device=device, precision=precision, render=0, progress=False)  # fmt: skip
+        except (ValueError, SamplingError) as exc:  # e.g. a camera too close for motions that keep their trajectory
+            warnings.warn(f"ablation {label} skipped: {exc}", stacklevel=2)
+            continue
         names.append(name)
     for label, annealed in (("sds", False), ("sds-annealed", True)):
         name = f"{run}-{label}"
