@@ -13,7 +13,7 @@ The order of the steps is what keeps the held-out 3D held out:
    normalise it like video data (:func:`pipeline.cameras.normalize_2d`, confidence 1).
 
 Train windows become the ``train`` split (the only one training reads), test windows the ``test`` split (the 2D
-reference of the paper's metrics). The 3D windows are saved with :func:`storage.motion_dataset.write_truth_3d`, in the
+reference of the paper's metrics). The 3D windows are saved with :func:`storage.motion_dataset.truth_3d_bytes`, in the
 input's world units (resampled, not centred, not projected). Every window of a source clip shares its ``video_id``
 (the source clip's id), so no clip contributes to both splits.
 
@@ -35,7 +35,7 @@ import pandas as pd
 from pipeline.cameras import BODY_SIZE_TO_UNIT, body_size, normalize_2d, project, rotation_matrix
 from pipeline.skeletons import Skeleton
 from storage import Workspace
-from storage.motion_dataset import Truth3D, write_motion_dataset, write_truth_3d
+from storage.motion_dataset import TRUTH_3D, Truth3D, truth_3d_bytes, write_motion_dataset
 
 DEFAULT_FPS = 30.0
 CONF_THRESHOLD = 0.5
@@ -357,11 +357,13 @@ def build_benchmark_dataset(
         "short_clips": len(short),
         "truth_3d": "truth_3d.npz",
     }
-    dataset_paths = write_motion_dataset(ws, name, data, index, meta, conf_threshold=CONF_THRESHOLD)
     ids = {part: index.loc[index["split"] == part, "clip_id"].to_numpy(str) for part in ("train", "test")}
-    truth_path = write_truth_3d(
-        ws, name, Truth3D(np.stack(truth["train"]), np.stack(truth["test"]), ids["train"], ids["test"], float(fps))
+    truth_npz = truth_3d_bytes(
+        Truth3D(np.stack(truth["train"]), np.stack(truth["test"]), ids["train"], ids["test"], float(fps))
     )
+    dataset_paths = write_motion_dataset(ws, name, data, index, meta, conf_threshold=CONF_THRESHOLD,
+                                         extras={TRUTH_3D: truth_npz})  # fmt: skip
+    truth_path = dataset_paths.pop()
     return BenchmarkData(
         name=name,
         fps=float(fps),

@@ -16,7 +16,7 @@ from typing import Any
 
 from models.evaluator import EvaluatorConfig, MotionEvaluator, load_evaluator, save_evaluator, train_evaluator
 from storage import Catalog, Workspace, file_sha256, stage_key
-from storage.motion_dataset import DatasetFormatError, open_motion_dataset
+from storage.motion_dataset import DatasetFormatError, dataset_folder, open_motion_dataset
 
 DATA_FILES = ("clips.npy", "index.parquet", "mean.npy", "std.npy")
 VAL_FRACTION = 0.1  # share of the train split's videos held out for early stopping
@@ -35,7 +35,7 @@ class EvaluatorHandle:
 
 def dataset_hashes(ws: Workspace, dataset_name: str) -> list[str]:
     """sha256 of the dataset files the evaluator learns from, in :data:`DATA_FILES` order."""
-    folder = ws.dataset_dir(dataset_name)
+    folder = dataset_folder(ws, dataset_name)
     missing = [f for f in DATA_FILES if not ws.exists(f"{folder}/{f}")]
     if missing:
         raise DatasetFormatError(

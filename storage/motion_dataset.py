@@ -1,6 +1,11 @@
 """On-disk format of a 2D motion dataset (written by the process stage, read by training and evaluation).
 
-``datasets/<name>/``::
+``datasets/<name>/current.json`` names the published version; its files are in ``datasets/<name>/versions/<v>/``
+(descriptive files such as the card stay in ``datasets/<name>/``). A dataset is published atomically: a new version
+folder is written completely, with ``manifest.json`` (size and sha256 of every file), then ``current.json`` is switched
+in one atomic write and older versions are removed. Readers open the version ``current.json`` names and check every
+file against the manifest, so a kill at any point leaves either the old dataset or the new one, never a mix; a
+dataset written before versions existed (files directly in ``datasets/<name>/``) is still read. A version holds::
 
     clips.npy      float32 [F, J, 3]: every clip's frames concatenated; channels x, y (data units), confidence
     index.parquet  one row per clip: clip_id, video_id, track_id, start_frame, offset, length, mean_conf, split,
@@ -19,6 +24,10 @@ layout (``motions/*.npy`` + ``Mean.npy``/``Std.npy``) is converted both ways by 
 
 from __future__ import annotations
 
+import io
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -26,8 +35,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from storage.hashing import file_sha256
 from storage.workspace import Workspace
 
+DATA_FILES = ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json")
+CURRENT = "current.json"
+MANIFEST = "manifest.json"
 INDEX_COLUMNS = ["clip_id", "video_id", "track_id", "start_frame", "offset", "length", "mean_conf", "split", "mirrored"]
 MIN_STD = 1e-3
 
@@ -67,6 +80,62 @@ def model_input(
     return z.astype(np.float32), (window[..., 2] >= conf_threshold) & finite
 
 
+def dataset_folder(ws: Workspace, name: str) -> str:
+    """The folder holding dataset ``name``'s published files (see the module docstring)."""
+    top = ws.dataset_dir(name)
+    pointer = f"{top}/{CURRENT}"
+    if not ws.exists(pointer):
+        return top  # not published yet, or written before versions existed
+    try:
+        version = str(ws.read_json(pointer)["version"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable pointer means the same to the user
+        raise DatasetFormatError(f"{pointer} is unreadable ({type(exc).__name__}: {exc}); "
+                                 f"rebuild the dataset (`mas process --force`)") from None  # fmt: skip
+    if "/" in version or version.startswith("."):
+        raise DatasetFormatError(f"{pointer} names an invalid version {version!r}; rebuild the dataset")
+    return f"{top}/versions/{version}"
+
+
+def _publish(ws: Workspace, name: str, folder: str, version: str) -> None:
+    """Write the manifest of ``folder``, switch ``current.json`` to it, then remove older versions."""
+    top = ws.dataset_dir(name)
+    files = sorted(
+        p.rsplit("/", 1)[1] for p in ws.fs.ls(folder, detail=False) if not p.rsplit("/", 1)[1].startswith(".")
+    )
+    manifest = {f: {"bytes": int(ws.fs.size(f"{folder}/{f}")), "sha256": file_sha256(f"{folder}/{f}", ws.fs)}
+                for f in files}  # fmt: skip
+    ws.write_json(f"{folder}/{MANIFEST}", {"version": version, "files": manifest})
+    published = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ws.write_json(f"{top}/{CURRENT}", {"version": version, "published": published})  # the switch
+    for old in ws.fs.ls(f"{top}/versions", detail=False):
+        if old.rstrip("/").rsplit("/", 1)[1] != version:
+            ws.fs.rm(old, recursive=True)
+    for legacy in (*DATA_FILES, "truth_3d.npz"):  # files of the flat layout, superseded by the version
+        ws.remove(f"{top}/{legacy}")
+
+
+def verify_dataset_files(ws: Workspace, name: str, folder: str) -> dict[str, str]:
+    """Check every file of a published version against its manifest; returns ``{file: sha256}``."""
+    path = f"{folder}/{MANIFEST}"
+    if not ws.exists(path):
+        raise DatasetFormatError(f"dataset {name!r}: {path} is missing, so its files cannot be trusted; "
+                                 "rebuild the dataset (`mas process --force`)")  # fmt: skip
+    files = ws.read_json(path)["files"]
+    hashes = {}
+    rebuild = "rebuild the dataset (`mas process --force`)"
+    for file, expected in files.items():
+        where = f"{folder}/{file}"
+        if not ws.exists(where) or int(ws.fs.size(where)) != expected["bytes"]:
+            raise DatasetFormatError(f"dataset {name!r}: {where} is missing or has the wrong size (manifest: "
+                                     f"{expected['bytes']} bytes); {rebuild}")  # fmt: skip
+        digest = file_sha256(where, ws.fs)
+        if digest != expected["sha256"]:
+            raise DatasetFormatError(f"dataset {name!r}: {where} does not match its manifest (sha256 "
+                                     f"{digest[:12]} vs {expected['sha256'][:12]}); {rebuild}")  # fmt: skip
+        hashes[file] = digest
+    return hashes
+
+
 def write_motion_dataset(
     ws: Workspace,
     name: str,
@@ -74,8 +143,10 @@ def write_motion_dataset(
     index: pd.DataFrame,
     meta: dict[str, Any],
     conf_threshold: float,
+    extras: Mapping[str, bytes] | None = None,
 ) -> list[str]:
-    """Write clips ``[L, J, 3]`` with their index rows (``offset`` is filled in) and train-split statistics.
+    """Publish clips ``[L, J, 3]`` with their index rows (``offset`` is filled in), train-split statistics and
+    ``extras`` (file name → content, e.g. ``truth_3d.npz``) as a new version of dataset ``name``, atomically.
 
     Returns the written paths. ``index`` needs the columns of :data:`INDEX_COLUMNS` except ``offset`` and ``length``.
     """
@@ -98,8 +169,9 @@ def write_motion_dataset(
         raise ValueError(f"index lacks columns {missing}")
     train = [c for c, s in zip(clips, index["split"], strict=True) if s == "train"] or clips
     mean, std = normalisation_stats(train, conf_threshold)
-    folder = ws.dataset_dir(name)
-    paths = {k: f"{folder}/{k}" for k in ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json")}
+    version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    folder = f"{ws.dataset_dir(name)}/versions/{version}"
+    paths = {k: f"{folder}/{k}" for k in DATA_FILES}
     with ws.atomic_path(paths["clips.npy"]) as tmp:
         np.save(tmp, np.concatenate(clips, 0).astype(np.float32))
     with ws.atomic_path(paths["index.parquet"]) as tmp:
@@ -115,7 +187,10 @@ def write_motion_dataset(
         "conf_threshold": conf_threshold,
         "format": 1,
     }
-    ws.write_json(paths["meta.json"], full_meta)  # written last: its presence marks a complete dataset
+    ws.write_json(paths["meta.json"], full_meta)
+    for file, content in (extras or {}).items():
+        paths[file] = ws.write_bytes(f"{folder}/{file}", content)
+    _publish(ws, name, folder, version)
     return list(paths.values())
 
 
@@ -157,14 +232,16 @@ class MotionDataset:
         return int(self.index["length"].max())
 
 
-def open_motion_dataset(ws: Workspace, name: str) -> MotionDataset:
-    folder = ws.dataset_dir(name)
-    needed = ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json")
-    missing = [f for f in needed if not ws.exists(f"{folder}/{f}")]
+def open_motion_dataset(ws: Workspace, name: str, verify: bool = True) -> MotionDataset:
+    """Open the published version of dataset ``name``, its files checked against the manifest (``verify``)."""
+    folder = dataset_folder(ws, name)
+    missing = [f for f in DATA_FILES if not ws.exists(f"{folder}/{f}")]
     if missing:
         raise DatasetFormatError(
             f"dataset {name!r} in {ws.url} is incomplete (missing {', '.join(missing)}); run `mas process` to build it"
         )
+    if verify and folder != ws.dataset_dir(name):
+        verify_dataset_files(ws, name, folder)
     with ws.local_copy(f"{folder}/clips.npy") as local:
         clips = np.load(local, mmap_mode="r") if ws.is_local else np.load(local)
     with ws.local_copy(f"{folder}/index.parquet") as local:
@@ -195,8 +272,9 @@ class Truth3D:
     fps: float
 
 
-def write_truth_3d(ws: Workspace, name: str, truth: Truth3D) -> str:
-    """Save the 3D truth beside dataset ``name`` (atomically)."""
+def truth_3d_bytes(truth: Truth3D) -> bytes:
+    """``truth_3d.npz`` content, checked: pass it to :func:`write_motion_dataset` as ``extras={TRUTH_3D: ...}`` so
+    the truth is published with the dataset it belongs to."""
     for part in ("train", "test"):
         array, ids = getattr(truth, part), getattr(truth, f"{part}_ids")
         if array.ndim != 4 or array.shape[-1] != 3 or len(array) != len(ids) or not np.isfinite(array).all():
@@ -204,13 +282,11 @@ def write_truth_3d(ws: Workspace, name: str, truth: Truth3D) -> str:
     overlap = set(map(str, truth.train_ids)) & set(map(str, truth.test_ids))
     if overlap:
         raise ValueError(f"truth 3D: {len(overlap)} motions are in both train and test (e.g. {sorted(overlap)[0]})")
-    path = f"{ws.dataset_dir(name)}/{TRUTH_3D}"
-    with ws.atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, train=truth.train.astype(np.float32), test=truth.test.astype(np.float32),
-                     train_ids=np.asarray(truth.train_ids, str), test_ids=np.asarray(truth.test_ids, str),
-                     fps=np.float64(truth.fps))  # fmt: skip
-    return path
+    buffer = io.BytesIO()
+    np.savez(buffer, train=truth.train.astype(np.float32), test=truth.test.astype(np.float32),
+             train_ids=np.asarray(truth.train_ids, str), test_ids=np.asarray(truth.test_ids, str),
+             fps=np.float64(truth.fps))  # fmt: skip
+    return buffer.getvalue()
 
 
 def read_truth_3d(ws: Workspace, dataset: MotionDataset) -> Truth3D | None:

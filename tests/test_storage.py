@@ -125,3 +125,102 @@ def test_catalog_table(ws):
     assert isinstance(table, pd.DataFrame)
     assert table.loc["a", "status"] == "failed" and table.loc["a", "error"] == "HTTP 404"
     assert table.loc["b", "fps"] == 30.0 and table.loc["b", "status"] == "done"
+
+
+def _toy_dataset(seed: int, clips: int = 4):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = [np.concatenate([rng.normal(size=(10, 3, 2)), np.full((10, 3, 1), 0.9)], -1).astype("float32")
+            for _ in range(clips)]  # fmt: skip
+    split = ["train"] * (clips - 1) + ["test"]
+    index = pd.DataFrame({"clip_id": [f"c{i}" for i in range(clips)], "video_id": "v", "track_id": 0,
+                          "start_frame": 0, "mean_conf": 0.9, "split": split, "mirrored": False})  # fmt: skip
+    return data, index
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+import storage.motion_dataset as md
+from storage import Workspace
+sys.path.insert(0, {tests!r})
+from test_storage import _toy_dataset
+point = sys.argv[1]
+real_save = np.save
+def save_then_die(path, array, *a, **k):
+    real_save(path, array, *a, **k)
+    if point == "after-clips" and array.ndim == 2:  # mean.npy: clips.npy and index.parquet are written
+        os.kill(os.getpid(), signal.SIGKILL)
+np.save = save_then_die
+if point == "before-switch":
+    md._publish = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+clips, index = _toy_dataset(1)
+md.write_motion_dataset(Workspace({root!r}), "toy", clips, index, {{"skeleton": "coco17", "fps": 30}}, 0.3)
+"""
+
+
+@pytest.mark.parametrize("point", ["after-clips", "before-switch"])
+def test_a_killed_dataset_write_leaves_the_old_dataset_whole(tmp_path, point):
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from storage.motion_dataset import open_motion_dataset, write_motion_dataset
+
+    ws = Workspace(tmp_path / "ws")
+    clips, index = _toy_dataset(0)
+    write_motion_dataset(ws, "toy", clips, index, {"skeleton": "coco17", "fps": 30}, 0.3)
+    before = open_motion_dataset(ws, "toy")
+    script = _KILLED_WRITER.format(tests=os.path.dirname(__file__), root=str(tmp_path / "ws"))
+    done = subprocess.run([sys.executable, "-c", script, point], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    after = open_motion_dataset(ws, "toy")  # the old version, whole: clips, index, mean and std belong together
+    np.testing.assert_array_equal(np.asarray(after.clips), np.asarray(before.clips))
+    np.testing.assert_array_equal(after.mean, before.mean)
+    assert after.folder == before.folder
+    write_motion_dataset(ws, "toy", *_toy_dataset(2), {"skeleton": "coco17", "fps": 30}, 0.3)  # the next write
+    assert len(os.listdir(tmp_path / "ws" / "datasets" / "toy" / "versions")) == 1  # cleans the torn version up
+
+
+def test_a_damaged_dataset_file_is_refused_by_name(tmp_path):
+    import numpy as np
+
+    from storage.motion_dataset import DatasetFormatError, open_motion_dataset, write_motion_dataset
+
+    ws = Workspace(tmp_path / "ws")
+    paths = write_motion_dataset(ws, "toy", *_toy_dataset(0), {"skeleton": "coco17", "fps": 30}, 0.3)
+    clips_path = next(p for p in paths if p.endswith("clips.npy"))
+    data = np.load(clips_path)
+    data[0, 0, 0] += 1.0  # same size, other content (a half-copied or edited file)
+    np.save(clips_path, data)
+    with pytest.raises(DatasetFormatError, match=r"clips\.npy does not match its manifest.*mas process --force"):
+        open_motion_dataset(ws, "toy")
+    with open(clips_path, "ab") as handle:
+        handle.write(b"junk")
+    with pytest.raises(DatasetFormatError, match=r"clips\.npy is missing or has the wrong size"):
+        open_motion_dataset(ws, "toy")
+    (tmp_path / "ws" / "datasets" / "toy" / "current.json").write_text("{not json")
+    with pytest.raises(DatasetFormatError, match=r"current\.json is unreadable"):
+        open_motion_dataset(ws, "toy")
+
+
+def test_a_dataset_in_the_flat_layout_still_opens(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from storage.motion_dataset import open_motion_dataset, write_motion_dataset
+
+    ws = Workspace(tmp_path / "ws")
+    write_motion_dataset(ws, "toy", *_toy_dataset(0), {"skeleton": "coco17", "fps": 30}, 0.3)
+    top = tmp_path / "ws" / "datasets" / "toy"
+    version = next((top / "versions").iterdir())
+    for f in ("clips.npy", "index.parquet", "mean.npy", "std.npy", "meta.json"):
+        shutil.copy(version / f, top / f)
+    shutil.rmtree(top / "versions")
+    (top / "current.json").unlink()
+    flat = open_motion_dataset(ws, "toy")
+    assert flat.folder == str(top) and np.asarray(flat.clips).shape == (40, 3, 3)
