@@ -134,6 +134,26 @@ class BatchSampler:
         return z, mask, valid
 
 
+MIN_CONFIDENT_FRACTION = 0.05
+
+
+def check_trainable(dataset: MotionDataset, name: str) -> None:
+    """Refuse a train split with (almost) nothing to learn from: a masked loss over no confident joint is 0 and would
+    look like perfect training."""
+    rows = dataset.split("train")
+    confident = total = 0
+    for offset, length in zip(rows["offset"], rows["length"], strict=True):
+        conf = np.asarray(dataset.clips[int(offset) : int(offset) + int(length), :, 2])
+        confident += int((conf >= dataset.conf_threshold).sum())
+        total += conf.size
+    if confident < MIN_CONFIDENT_FRACTION * total:
+        raise ValueError(
+            f"dataset {name!r}: only {confident} of {total} joint positions of the train split are confident "
+            f"(>= {dataset.conf_threshold}); the loss would see almost nothing. Check the pose stage's output, or "
+            "rebuild with a lower process.conf_threshold"
+        )
+
+
 def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the joints where ``mask [B, L, J]`` is true (confident joints of real frames)."""
     weight = mask.unsqueeze(-1).to(pred.dtype)
@@ -204,6 +224,7 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dataset = open_motion_dataset(ws, dataset_name)
+    check_trainable(dataset, dataset_name)
     folder = ws.checkpoint_dir(run)
     ckpt_path = f"{folder}/{CHECKPOINT_NAME}"
 

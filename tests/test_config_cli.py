@@ -33,6 +33,8 @@ def _good():
     [
         ({"skeleton": "smpl"}, "skeleton", "unknown skeleton 'smpl'"),
         ({"fps": -5}, "fps", "greater than 0"),
+        ({"fps": float("inf")}, "fps", "finite number"),
+        ({"process": {"min_motion": float("nan")}}, "process.min_motion", "finite number"),
         ({"sources": []}, "sources", "at least 1"),
         ({"sources": None}, "sources", "valid list"),
         ({"name": "../escape"}, "name", "not allowed"),

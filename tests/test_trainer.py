@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -150,3 +151,18 @@ def test_low_confidence_joints_are_fed_with_their_filled_values_and_masked_in_th
     z, mask, valid = sampler.draw(1)
     assert not mask[0, :, 3].any() and mask[0, :, 4].all() and valid[0].all()
     np.testing.assert_allclose(z[0, :, 3], (clip[:, 3, :2] - dataset.mean[3]) / dataset.std[3], rtol=1e-5)
+
+
+def test_a_dataset_without_confident_joints_is_refused_before_training(tmp_path):
+    from storage.motion_dataset import write_motion_dataset
+
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(0)
+    clips = [np.concatenate([rng.normal(size=(40, 17, 2)), np.zeros((40, 17, 1))], -1).astype(np.float32)
+             for _ in range(4)]  # fmt: skip
+    index = pd.DataFrame({"clip_id": [f"c{i}" for i in range(4)], "video_id": "v", "track_id": 0, "start_frame": 0,
+                          "mean_conf": 0.0, "split": "train", "mirrored": False})  # fmt: skip
+    write_motion_dataset(ws, "blind", clips, index, {"skeleton": "coco17", "fps": 30}, 0.3)
+    with pytest.raises(ValueError, match="only 0 of 2720 joint positions of the train split are confident"):
+        train(ws, "blind", "blind", TrainConfig(steps=2, **TINY), progress=False)
+    assert not ws.exists(f"{ws.checkpoint_dir('blind')}/last.pt")  # nothing marked as trained
