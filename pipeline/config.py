@@ -50,6 +50,9 @@ class DownloadConfig(_Strict):
 
 class DetectorConfig(_Strict):
     weights: str = Field(default="yolo11n.pt", min_length=1, description="Ultralytics weights name or path")
+    trust_weights: bool = Field(
+        default=False, description="load a weights file that needs more than tensors and network classes (runs code)"
+    )
     classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
     conf: float = Field(default=0.25, gt=0, lt=1)
@@ -72,6 +75,7 @@ class DetectorConfig(_Strict):
 class PoseConfig(_Strict):
     backend: Literal["yolo_pose", "vitpose", "mediapipe"] = "vitpose"
     weights: str | None = Field(default=None, description="model name/path; backend default when empty")
+    trust_weights: bool = Field(default=False, description="as detector.trust_weights, for pose weights")
     dataset_index: int | None = Field(default=None, ge=0, le=5, description="ViTPose+ expert (5 = APT-36K animals)")
     batch: int = Field(default=32, gt=0)
 

@@ -29,12 +29,17 @@ class WeightsError(RuntimeError):
     """Model weights that cannot be found or downloaded."""
 
 
-def load_yolo(weights: str, what: str = "detector"):
-    """Load Ultralytics weights by path or by name; a failed download names the file and how to supply it."""
+def load_yolo(weights: str, what: str = "detector", trusted: bool = False):
+    """Load Ultralytics weights by path or by name; a failed download names the file and how to supply it. A local
+    ``.pt`` file is first checked to load without running code (:mod:`pipeline.safe_weights`) unless ``trusted``."""
     from ultralytics import YOLO
+
+    from pipeline.safe_weights import check_weights_file
 
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
     is_path = Path(weights).suffix in (".pt", ".onnx", ".engine", ".torchscript") and Path(weights).exists()
+    if is_path and Path(weights).suffix == ".pt" and not trusted:
+        check_weights_file(weights, what)
     try:
         return YOLO(weights)
     except Exception as exc:
@@ -87,7 +92,7 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
         return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0))
     catalog.mark_running("tracks", video_id, key=key)
     try:
-        model = model or load_yolo(cfg.weights)
+        model = model or load_yolo(cfg.weights, trusted=cfg.trust_weights)
         class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             info = probe_video(local)

@@ -86,10 +86,11 @@ class MediaPipeBackend:
 class YoloPoseBackend:
     """Ultralytics YOLO-pose on the crops of one frame, as one batch."""
 
-    def __init__(self, weights: str = "yolo11n-pose.pt", model=None, device: str | None = None, imgsz: int = 256):
+    def __init__(self, weights: str = "yolo11n-pose.pt", model=None, device: str | None = None, imgsz: int = 256,
+                 trusted: bool = False):  # fmt: skip
         from pipeline.detect_track import load_yolo
 
-        self.model = model if model is not None else load_yolo(weights, "pose")
+        self.model = model if model is not None else load_yolo(weights, "pose", trusted=trusted)
         self.skeleton = get_skeleton("coco17")
         self.device = device
         self.imgsz = imgsz
@@ -166,7 +167,7 @@ def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
     if cfg.backend == "mediapipe":
         backend = MediaPipeBackend()
     elif cfg.backend == "yolo_pose":
-        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt")
+        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", trusted=cfg.trust_weights)
     else:
         backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index, body)
     if backend.skeleton.name != body:
