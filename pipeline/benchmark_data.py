@@ -34,7 +34,7 @@ import pandas as pd
 
 from pipeline.cameras import BODY_SIZE_TO_UNIT, body_size, normalize_2d, project, rotation_matrix
 from pipeline.skeletons import Skeleton
-from storage import Workspace
+from storage import Catalog, Workspace
 from storage.motion_dataset import TRUTH_3D, Truth3D, truth_3d_bytes, write_motion_dataset
 
 DEFAULT_FPS = 30.0
@@ -364,6 +364,9 @@ def build_benchmark_dataset(
     dataset_paths = write_motion_dataset(ws, name, data, index, meta, conf_threshold=CONF_THRESHOLD,
                                          extras={TRUTH_3D: truth_npz})  # fmt: skip
     truth_path = dataset_paths.pop()
+    summary = {k: meta[k] for k in ("num_train_clips", "num_test_clips", "source")}
+    Catalog(ws).mark_done("dataset", name, key=None, outputs=[*dataset_paths, truth_path], params={},
+                          meta={**summary, "clips": len(data), "truth_3d": True})  # fmt: skip
     return BenchmarkData(
         name=name,
         fps=float(fps),

@@ -26,8 +26,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+# A string, not a Path: Path("s3://bucket/x") would become the local folder "s3:/bucket/x"
 WorkspaceOpt = Annotated[
-    Path,
+    str,
     typer.Option("--workspace", "-w", envvar="MAS_WORKSPACE", help="Workspace root (directory or fsspec URL)."),
 ]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Dataset config YAML, e.g. configs/nba.yaml.")]
@@ -35,7 +36,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when fin
 PrecisionOpt = Annotated[
     str, typer.Option(help="Denoiser arithmetic: auto (int8 on CPU, fp32 on GPU), fp32, int8 (CPU) or bf16 (GPU).")
 ]
-DEFAULT_WORKSPACE = Path("workspace")
+DEFAULT_WORKSPACE = "workspace"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -43,7 +44,7 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def open_workspace(path: Path) -> Workspace:
+def open_workspace(path: str | Path) -> Workspace:
     try:
         return Workspace(path)
     except (OSError, ValueError) as exc:
@@ -531,7 +532,7 @@ def run_flow(
 
 @app.command()
 def demo(
-    workspace: WorkspaceOpt = Path("workspace-demo"),
+    workspace: WorkspaceOpt = "workspace-demo",
     size: Annotated[str, typer.Option(help="full (about 15 min on 2 CPU cores) or tiny (about 2 min).")] = "full",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
