@@ -187,12 +187,13 @@ def pose(
 def process(config: ConfigOpt, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, force: ForceOpt = False) -> None:
     """Stage 4: turn tracked poses into a confidence-weighted 2D motion dataset."""
     from pipeline.dataset_stage import build_dataset
+    from storage.locks import ArtifactLockedError
 
     cfg = read_config(config)
     ws = open_workspace(workspace)
     try:
         result = build_dataset(ws, cfg, force=force)
-    except ValueError as exc:
+    except (ValueError, ArtifactLockedError) as exc:
         fail(str(exc))
         return
     note = " (already up to date; --force to rebuild)" if result.skipped else ""

@@ -19,6 +19,7 @@ from pipeline.process import ProcessedClips, finalize, process_tracks, tracks_fr
 from pipeline.skeletons import Skeleton, get_skeleton  # noqa: E402
 from pipeline.visualize import plot_pose_2d  # noqa: E402
 from storage import Catalog, Workspace, params_hash, stage_key  # noqa: E402
+from storage.locks import ArtifactLock  # noqa: E402
 from storage.motion_dataset import write_motion_dataset  # noqa: E402
 from storage.tables import read_poses  # noqa: E402
 
@@ -37,6 +38,13 @@ class DatasetResult:
 def build_dataset(
     ws: Workspace, config: DatasetConfig, video_ids: list[str] | None = None, force: bool = False
 ) -> DatasetResult:
+    """Build (or find up to date) dataset ``config.name``; one run at a time per dataset (a second one fails at once,
+    naming the first, instead of mixing two configs' files and records)."""
+    with ArtifactLock(ws, "dataset", config.name):
+        return _build_dataset(ws, config, video_ids, force)
+
+
+def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | None, force: bool) -> DatasetResult:
     catalog = Catalog(ws)
     skeleton = get_skeleton(config.skeleton)
     records = {r.id: r for r in catalog.records("poses") if r.status == "done"}

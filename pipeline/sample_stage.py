@@ -27,6 +27,7 @@ from pipeline.skeletons import get_skeleton
 from pipeline.visualize import azimuth_label, render_motion_3d, views_strip
 from storage import Catalog, Workspace, file_sha256, stage_key
 from storage.bvh import to_bvh
+from storage.locks import ArtifactLock
 
 HUMAN_SKELETONS = ("coco17", "coco17_ball", "nba16")
 
@@ -85,23 +86,25 @@ def run_sampling(
         )
     skeleton = get_skeleton(trained.skeleton)
     length = length or min(trained.model.config.max_len, 120)
-    catalog.mark_running("sample", name, key=key, run=run, method=method)
-    try:
-        start = time.perf_counter()
-        trained = with_precision(trained, precision)
-        if method == "mas":
-            motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)
-        else:
-            motions = sds_sample(trained, num_samples, length, sds, seed=seed, progress=progress)
-        seconds = time.perf_counter() - start
-        motions_np = motions.float().cpu().numpy()
-        paths = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
-                               mas.camera_distance(trained.mean))  # fmt: skip
-    except BaseException as exc:
-        catalog.mark_failed("sample", name, exc, key=key)
-        raise
-    meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples, "precision": precision}
-    catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
+    with ArtifactLock(ws, "sample", name):  # one writer per sample set
+        catalog.mark_running("sample", name, key=key, run=run, method=method)
+        try:
+            start = time.perf_counter()
+            trained = with_precision(trained, precision)
+            if method == "mas":
+                motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)
+            else:
+                motions = sds_sample(trained, num_samples, length, sds, seed=seed, progress=progress)
+            seconds = time.perf_counter() - start
+            motions_np = motions.float().cpu().numpy()
+            paths = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
+                                   mas.camera_distance(trained.mean))  # fmt: skip
+        except BaseException as exc:
+            catalog.mark_failed("sample", name, exc, key=key)
+            raise
+        meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples,
+                "precision": precision}  # fmt: skip
+        catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
     return SampleResult(name, motions_np, paths, seconds, precision=precision)
 
 
