@@ -81,8 +81,10 @@ def status(
     for k in [kind] if kind else KINDS:
         for record in catalog.records(k):
             count += 1
-            colour = {"done": "green", "failed": "red"}.get(record.status, "yellow")
-            table.add_row(k, record.id, f"[{colour}]{record.status}[/]", record.updated_at, record.error or "")
+            shown = "interrupted" if record.status == "running" and catalog.interrupted(record) else record.status
+            colour = {"done": "green", "failed": "red", "interrupted": "red"}.get(shown, "yellow")
+            note = record.error or ("its process is gone; rerun the stage" if shown == "interrupted" else "")
+            table.add_row(k, record.id, f"[{colour}]{shown}[/]", record.updated_at, note)
     Console().print(table if count else "nothing recorded yet")
 
 

@@ -8,6 +8,10 @@ them into a pandas DataFrame for the CLI and for Prefect artifacts.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import socket
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -19,7 +23,8 @@ from storage.workspace import Workspace
 
 KINDS = ("video", "tracks", "poses", "dataset", "checkpoint", "sample", "evaluation", "evaluator")
 Status = Literal["done", "failed", "running"]
-State = Literal["done", "failed", "running", "stale", "missing"]
+State = Literal["done", "failed", "running", "interrupted", "stale", "missing"]
+STALE_HEARTBEAT_S = 300.0  # as storage.locks.STALE_S
 
 
 def _now() -> str:
@@ -66,8 +71,10 @@ class Catalog:
         return Record(**self.ws.read_json(path))
 
     def mark_running(self, kind: str, artifact_id: str, key: str | None = None, **meta: Any) -> Record:
+        """Record a started run with its owner (host, pid), so a killed run shows as ``interrupted``."""
         previous = self.get(kind, artifact_id)
-        merged = {**(previous.meta if previous else {}), **meta}
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        merged = {**(previous.meta if previous else {}), **meta, "owner": owner}
         outputs = previous.outputs if previous else []  # earlier outputs stay listed (and on disk) while it runs
         return self.put(Record(kind=kind, id=artifact_id, status="running", key=key, outputs=outputs, meta=merged))
 
@@ -87,6 +94,7 @@ class Catalog:
             raise FileNotFoundError(f"cannot mark {kind} {artifact_id!r} done: outputs missing: {missing}")
         previous = self.get(kind, artifact_id)
         merged = {**(previous.meta if previous else {}), **(meta or {})}
+        merged.pop("owner", None)
         record = Record(
             kind=kind,
             id=artifact_id,
@@ -114,7 +122,15 @@ class Catalog:
             status="failed",
             key=key,
             outputs=previous.outputs if previous else [],
-            meta={**(previous.meta if previous else {}), **meta, **({"traceback": detail} if detail else {})},
+            meta={
+                k: v
+                for k, v in {
+                    **(previous.meta if previous else {}),
+                    **meta,
+                    **({"traceback": detail} if detail else {}),
+                }.items()
+                if k != "owner"
+            },  # fmt: skip
             error=text,
         )
         return self.put(record)
@@ -124,6 +140,8 @@ class Catalog:
         record = self.get(kind, artifact_id)
         if record is None:
             return "missing"
+        if record.status == "running" and self.interrupted(record):
+            return "interrupted"
         if record.status != "done":
             return record.status
         if key is not None and record.key != key:
@@ -131,6 +149,25 @@ class Catalog:
         if not all(self.ws.exists(self.ws.absolute(p)) for p in record.outputs):
             return "missing"
         return "done"
+
+    def interrupted(self, record: Record) -> bool:
+        """A ``running`` record whose run is gone: its process no longer exists on this host, or its artifact lock
+        (``storage.locks``) has had no heartbeat for :data:`STALE_HEARTBEAT_S`."""
+        owner = record.meta.get("owner") or {}
+        if owner.get("host") == socket.gethostname():
+            try:
+                os.kill(int(owner.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        lock = f"{self.ws.root}/locks/{record.kind}/{record.id}.lock"
+        try:
+            with self.ws.fs.open(lock, "rb") as handle:
+                heartbeat = float(json.loads(handle.read().decode()).get("heartbeat", 0))
+        except (FileNotFoundError, ValueError, OSError):
+            return False
+        return time.time() - heartbeat > STALE_HEARTBEAT_S
 
     def is_done(self, kind: str, artifact_id: str, key: str | None = None) -> bool:
         return self.state(kind, artifact_id, key) == "done"

@@ -110,6 +110,33 @@ def test_catalog_states(ws):
         catalog.get("tracks", "../v1")
 
 
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_run_shows_as_interrupted_not_running_forever(tmp_path, how):
+    import signal
+    import subprocess
+    import sys
+
+    ws = Workspace(tmp_path / "ws")
+    script = ("import sys, time\nfrom storage import Catalog, Workspace\n"
+              "Catalog(Workspace(sys.argv[1])).mark_running('dataset', 'toy')\nprint('started', flush=True)\n"
+              "time.sleep(60)\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "ws")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    catalog = Catalog(ws)
+    assert catalog.state("dataset", "toy") == "running"  # alive: running
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=30)
+    assert catalog.state("dataset", "toy") == "interrupted"
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    shown = CliRunner().invoke(app, ["status", "-w", str(tmp_path / "ws")])
+    assert "interrupted" in shown.output and "rerun the stage" in shown.output
+    catalog.mark_done("dataset", "toy", key=None, outputs=[])
+    assert "owner" not in catalog.get("dataset", "toy").meta
+
+
 def test_catalog_table(ws):
     catalog = Catalog(ws)
     assert list(catalog.table("video").columns)[:3] == ["kind", "id", "status"]
