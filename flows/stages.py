@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, wait
+from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from flows import artifacts
@@ -24,8 +25,21 @@ class VideoStageError(RuntimeError):
     """One video failed in a stage (already recorded in the catalog)."""
 
 
+class BadVideoError(VideoStageError):
+    """A video that cannot succeed as it is (corrupt or empty file): its task fails at once, without retries."""
+
+
+class UnknownVideoError(ValueError):
+    """Video ids asked for that have no finished input record; the message lists the known ids."""
+
+
+def _retry_unless_bad_video(task, task_run, state) -> bool:
+    return not isinstance(state.data, BadVideoError)
+
+
 # ------------------------------------------------------------------------------------------------------------ tasks
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}")
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}",
+      retry_condition_fn=_retry_unless_bad_video)  # fmt: skip
 def download_item(workspace: str, source: dict[str, Any], item: str, config: str) -> list[dict[str, Any]]:
     from pipeline.download import fetch_item
 
@@ -34,9 +48,11 @@ def download_item(workspace: str, source: dict[str, Any], item: str, config: str
     # Prefect retries the task with backoff, so yt-dlp itself does not retry here
     results = fetch_item(ws, src, item, cfg.download.model_copy(update={"retries": 0}))
     rows = [{"video_id": r.video_id, "status": r.status, "source": r.source, "error": r.error} for r in results]
-    network_failures = [r for r in results if r.status == "failed" and src.kind != "local"]
-    if network_failures:  # let Prefect retry with backoff; the catalog keeps the error meanwhile
-        raise VideoStageError(f"download of {item} failed: {network_failures[0].error}")
+    failures = [r for r in results if r.status == "failed"]
+    if failures and src.kind != "local":  # let Prefect retry with backoff; the catalog keeps the error meanwhile
+        raise VideoStageError(f"download of {item} failed: {failures[0].error}")
+    if failures:  # a corrupt or empty file: a red task run with the error, no retries
+        raise BadVideoError(f"video {failures[0].video_id} ({item}) cannot be used: {failures[0].error}")
     return rows
 
 
@@ -87,10 +103,27 @@ def _gather(futures: list[tuple[str, PrefectFuture]], stage: str, total_key: str
     return rows
 
 
-def _done_ids(workspace: str, kind: str, wanted: list[str] | None) -> list[str]:
+def _done_ids(workspace: str, kind: str, wanted: list[str] | None, stage: str) -> list[str]:
+    """The ids to run ``stage`` on: ``wanted`` (each must have a finished ``kind`` record) or every finished one."""
     ws, _ = open_inputs(workspace)
     done = [r.id for r in Catalog(ws).records(kind) if r.status == "done"]
-    return [v for v in (wanted or done) if v in done]
+    unknown = [v for v in wanted or [] if v not in done]
+    if unknown:
+        known = ", ".join(done) if done else "none"
+        raise UnknownVideoError(f"{stage}: no finished {kind} record for {', '.join(unknown)} in {workspace}; "
+                                f"known ids: {known} (`mas status -w {workspace}` shows failed ones too)")  # fmt: skip
+    return list(wanted) if wanted else done
+
+
+def finish(rows: list[dict[str, Any]], stage: str) -> State:
+    """The flow run's final state: Completed, named "Completed with failures" (message naming the videos) when some
+    per-video tasks failed, so the other videos' results stay usable and the partial failure stays visible."""
+    failed = [str(r.get("video_id")) for r in rows if r.get("status") == "failed"]
+    if not failed:
+        return Completed(data=rows)
+    message = f"{stage}: {len(failed)} of {len(rows)} videos failed ({', '.join(failed)}); see the failed task runs"
+    get_run_logger().warning(message)
+    return Completed(name="Completed with failures", message=message, data=rows)
 
 
 # ------------------------------------------------------------------------------------------------------------ flows
@@ -104,18 +137,18 @@ def download_flow(config: str, workspace: str = "workspace") -> list[dict[str, A
     futures = [(item, download_item.submit(workspace, s.model_dump(), item, config)) for s, item in items]
     rows = _gather(futures, "download", f"download-progress-{cfg.name}")
     artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))
-    return rows
+    return finish(rows, "download")
 
 
 def _per_video(stage_task, stage: str, input_kind: str, config: str, workspace: str, videos: list[str] | None,
                force: bool) -> list[dict[str, Any]]:  # fmt: skip
     """Map ``stage_task`` over the videos whose ``input_kind`` record is done; table + progress artifacts."""
     _, cfg = open_inputs(workspace, config)
-    ids = _done_ids(workspace, input_kind, videos)
+    ids = _done_ids(workspace, input_kind, videos, stage)
     rows = _gather([(v, stage_task.submit(workspace, config, v, force)) for v in ids], stage,
                    f"{stage}-progress-{cfg.name}")  # fmt: skip
     artifacts.table(key(f"{stage}s-{cfg.name}"), rows, f"{stage} per video")
-    return rows
+    return finish(rows, stage)
 
 
 @flow(name="track", log_prints=True)

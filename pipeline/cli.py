@@ -91,7 +91,9 @@ def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> 
     if wanted:
         unknown = [v for v in wanted if v not in done]
         if unknown:
-            fail(f"no finished {kind} record for {unknown}; `mas status -w {ws.url}` lists what exists")
+            known = ", ".join(done) if done else "none"
+            fail(f"no finished {kind} record for {', '.join(unknown)}; known ids: {known} "
+                 f"(`mas status -w {ws.url}` shows failed ones too)")  # fmt: skip
         return list(wanted)
     if not done:
         fail(f"nothing to do: no finished {kind} records in {ws.url}")

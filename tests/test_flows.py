@@ -174,6 +174,72 @@ def test_standard_prefect_cli_and_client_with_default_arguments(prefect_server, 
     assert out.count("\n") == 12 and "read_flows" in out, out
 
 
+READ_RUN = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+async def main():
+    async with get_client() as c:
+        run = await c.read_flow_run({run_id!r})
+        tasks = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        print('STATE', json.dumps({{"type": run.state.type.value, "name": run.state.name, "message": run.state.message,
+              "tasks": {{t.name: [t.state.type.value, t.state.message, t.run_count] for t in tasks}}}}))
+asyncio.run(main())
+"""
+
+
+def read_run(env: dict, run_id: str) -> dict:
+    """A flow run's final state and its task runs' states, read with the standard Prefect client."""
+    return json.loads(_run(READ_RUN.format(run_id=run_id), env).split("STATE", 1)[1])
+
+
+def test_corrupt_and_empty_videos_are_failed_task_runs(prefect_server, tmp_path):
+    _, env = prefect_server
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_video(folder / "good.mp4", frames=8, seed=21)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    (folder / "empty.mp4").write_bytes(b"")
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"name": "badvideos", "skeleton": "coco17", "fps": 15,
+                                      "sources": [{"kind": "local", "value": str(folder)}]}))  # fmt: skip
+    script = (
+        "import json\nfrom flows.stages import download_flow\n"
+        f"state = download_flow({str(config)!r}, {str(tmp_path / 'ws')!r}, return_state=True)\n"
+        "print('ROWS', json.dumps({'id': str(state.state_details.flow_run_id), 'rows': state.result()}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("ROWS", 1)[1])
+    assert sorted(r["status"] for r in out["rows"]) == ["done", "failed", "failed"]
+    run = read_run(env, out["id"])
+    assert run["type"] == "COMPLETED" and run["name"] == "Completed with failures", run
+    assert "2 of 3 videos failed" in run["message"]
+    tasks = run["tasks"]
+    assert tasks[f"download {folder / 'good.mp4'}"][0] == "COMPLETED"
+    corrupt, empty = tasks[f"download {folder / 'corrupt.mp4'}"], tasks[f"download {folder / 'empty.mp4'}"]
+    assert corrupt[0] == "FAILED" and "OpenCV cannot open it" in corrupt[1], corrupt
+    assert empty[0] == "FAILED" and "the file is empty" in empty[1], empty
+    assert corrupt[2] == empty[2] == 1  # a bad file is not retried
+    records = {r.id.split("-")[0]: r.status for r in Catalog(Workspace(tmp_path / "ws")).records("video")}
+    assert records == {"good": "done", "corrupt": "failed", "empty": "failed"}
+
+
+def test_rerun_with_an_unknown_video_id_fails_and_lists_known_ids(prefect_server, flow_workspace):
+    _, env = prefect_server
+    ws, config, good, bad = flow_workspace
+    script = (
+        "import json\nfrom flows.stages import track_flow\n"
+        f"state = track_flow({config!r}, {ws.root!r}, videos=['no-such-video'], return_state=True)\n"
+        "print('STATE', json.dumps({'id': str(state.state_details.flow_run_id), 'type': state.type.value,"
+        " 'message': state.message}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("STATE", 1)[1])
+    assert out["type"] == "FAILED"
+    run = read_run(env, out["id"])
+    assert run["type"] == "FAILED" and run["tasks"] == {}
+    assert "no-such-video" in run["message"] and "known ids:" in run["message"], run["message"]
+    assert good in run["message"] and bad in run["message"]  # both videos were downloaded
+
+
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
     _, env = prefect_server
     ws, config, good, _ = flow_workspace
