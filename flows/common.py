@@ -19,8 +19,10 @@ def key(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:120] or "artifact"
 
 
-def open_inputs(workspace: str, config: str | None = None) -> tuple[Workspace, DatasetConfig | None]:
-    return Workspace(workspace), (load_config(config) if config else None)
+def open_inputs(workspace: str, config: str | None = None,
+                overrides: list[str] | None = None) -> tuple[Workspace, DatasetConfig | None]:  # fmt: skip
+    """The workspace and the dataset config with its ``key=value`` overrides (``detector.conf=0.5``)."""
+    return Workspace(workspace), (load_config(config, overrides) if config else None)
 
 
 @contextlib.contextmanager

@@ -40,10 +40,11 @@ def _retry_unless_bad_video(task, task_run, state) -> bool:
 # ------------------------------------------------------------------------------------------------------------ tasks
 @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}",
       retry_condition_fn=_retry_unless_bad_video)  # fmt: skip
-def download_item(workspace: str, source: dict[str, Any], item: str, config: str) -> list[dict[str, Any]]:
+def download_item(workspace: str, source: dict[str, Any], item: str, config: str,
+                  overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     from pipeline.download import fetch_item
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     src = Source(**source)
     # Prefect retries the task with backoff, so yt-dlp itself does not retry here
     results = fetch_item(ws, src, item, cfg.download.model_copy(update={"retries": 0}))
@@ -57,10 +58,11 @@ def download_item(workspace: str, source: dict[str, Any], item: str, config: str
 
 
 @task(task_run_name="track {video_id}")
-def track_task(workspace: str, config: str, video_id: str, force: bool) -> dict[str, Any]:
+def track_task(workspace: str, config: str, video_id: str, force: bool,
+               overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     from pipeline.detect_track import track_video
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
         result = track_video(ws, video_id, cfg.detector, force=force, progress=False)
     get_run_logger().info("track %s: %s, %d tracks", video_id, result.status, result.tracks)
@@ -70,11 +72,12 @@ def track_task(workspace: str, config: str, video_id: str, force: bool) -> dict[
 
 
 @task(task_run_name="pose {video_id}")
-def pose_task(workspace: str, config: str, video_id: str, force: bool, overlay: bool = True) -> dict[str, Any]:
+def pose_task(workspace: str, config: str, video_id: str, force: bool, overrides: list[str] | None = None,
+              overlay: bool = True) -> dict[str, Any]:  # fmt: skip
     from pipeline.overlay import write_overlay
     from pipeline.pose import pose_video
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
         result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, force=force, progress=False)
     if result.status == "failed":
@@ -128,49 +131,51 @@ def finish(rows: list[dict[str, Any]], stage: str) -> State:
 
 # ------------------------------------------------------------------------------------------------------------ flows
 @flow(name="download", log_prints=True)
-def download_flow(config: str, workspace: str = "workspace") -> list[dict[str, Any]]:
+def download_flow(config: str, workspace: str = "workspace",
+                  overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 1: every source item is a task with retries and exponential backoff."""
     from pipeline.download import expand_sources
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     items = expand_sources(cfg.sources)
-    futures = [(item, download_item.submit(workspace, s.model_dump(), item, config)) for s, item in items]
+    futures = [(item, download_item.submit(workspace, s.model_dump(), item, config, overrides)) for s, item in items]
     rows = _gather(futures, "download", f"download-progress-{cfg.name}")
     artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))
     return finish(rows, "download")
 
 
 def _per_video(stage_task, stage: str, input_kind: str, config: str, workspace: str, videos: list[str] | None,
-               force: bool) -> list[dict[str, Any]]:  # fmt: skip
+               force: bool, overrides: list[str] | None) -> State:  # fmt: skip
     """Map ``stage_task`` over the videos whose ``input_kind`` record is done; table + progress artifacts."""
-    _, cfg = open_inputs(workspace, config)
+    _, cfg = open_inputs(workspace, config, overrides)
     ids = _done_ids(workspace, input_kind, videos, stage)
-    rows = _gather([(v, stage_task.submit(workspace, config, v, force)) for v in ids], stage,
+    rows = _gather([(v, stage_task.submit(workspace, config, v, force, overrides)) for v in ids], stage,
                    f"{stage}-progress-{cfg.name}")  # fmt: skip
     artifacts.table(key(f"{stage}s-{cfg.name}"), rows, f"{stage} per video")
     return finish(rows, stage)
 
 
 @flow(name="track", log_prints=True)
-def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
-               force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None, force: bool = False,
+               overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 2 for one video, a list, or all videos of the workspace."""
-    return _per_video(track_task, "track", "video", config, workspace, videos, force)
+    return _per_video(track_task, "track", "video", config, workspace, videos, force, overrides)
 
 
 @flow(name="pose", log_prints=True)
-def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
-              force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None, force: bool = False,
+              overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 3 for one video, a list, or all tracked videos."""
-    return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force)
+    return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force, overrides)
 
 
 @flow(name="process", log_prints=True)
-def process_flow(config: str, workspace: str = "workspace", force: bool = False) -> dict[str, Any]:
+def process_flow(config: str, workspace: str = "workspace", force: bool = False,
+                 overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Stage 4: build the dataset and show its card."""
     from pipeline.dataset_stage import build_dataset
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     result = build_dataset(ws, cfg, force=force)
     card = ws.read_text(f"{ws.dataset_dir(cfg.name)}/card.md")
     artifacts.markdown(key(f"dataset-card-{cfg.name}"), card, f"dataset card of {cfg.name}")
@@ -234,9 +239,9 @@ def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace"
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(config: str, workspace: str = "workspace", force: bool = False,
-                  dask_address: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """download → track → pose → process, each stage skipping finished videos.
+def build_dataset(config: str, workspace: str = "workspace", force: bool = False, dask_address: str | None = None,
+                  videos: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """download → track → pose → process, each stage skipping finished videos (``force`` + ``videos``: redo those).
 
     ``dask_address`` (``tcp://scheduler:8786``) runs the per-video tasks on an existing Dask cluster.
     """
@@ -247,19 +252,19 @@ def build_dataset(config: str, workspace: str = "workspace", force: bool = False
 
         stages = [s.with_options(task_runner=dask_runner(dask_address)) for s in stages]
     download, track, pose = stages
-    downloads = download(config, workspace)
-    logger.info("downloaded: %s", [(r.get("video_id"), r.get("status")) for r in downloads])
-    track(config, workspace, force=force)
-    pose(config, workspace, force=force)
-    return process_flow(config, workspace, force=force)
+    downloads = download(config, workspace, overrides=overrides)
+    logger.info("downloaded: %s", ", ".join(f"{r.get('video_id')} {r.get('status')}" for r in downloads))
+    track(config, workspace, videos=videos, force=force, overrides=overrides)
+    pose(config, workspace, videos=videos, force=force, overrides=overrides)
+    return process_flow(config, workspace, force=force, overrides=overrides)
 
 
 @flow(name="end-to-end", log_prints=True)
 def end_to_end(config: str, workspace: str = "workspace", steps: int = 100_000, num_samples: int = 8,
-               device: str = "auto") -> dict[str, Any]:  # fmt: skip
+               device: str = "auto", overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """build_dataset → train → sample (MAS) → evaluate."""
-    ws, cfg = open_inputs(workspace, config)
-    dataset = build_dataset(config, workspace)
+    ws, cfg = open_inputs(workspace, config, overrides)
+    dataset = build_dataset(config, workspace, overrides=overrides)
     trained = train_flow(cfg.name, workspace, steps=steps, device=device)
     samples = sample_flow(trained["run"], workspace, num_samples=max(num_samples, 8), device=device)
     # one draw of all the samples (n = num_samples); use the evaluate flow with n x repeats samples for CIs

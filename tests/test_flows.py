@@ -240,6 +240,21 @@ def test_rerun_with_an_unknown_video_id_fails_and_lists_known_ids(prefect_server
     assert good in run["message"] and bad in run["message"]  # both videos were downloaded
 
 
+def test_mas_flow_targets_videos_and_prints_a_summary(prefect_server, flow_workspace):
+    url, env = prefect_server
+    ws, config, good, bad = flow_workspace
+    mas = str(Path(sys.executable).with_name("mas"))
+    command = [mas, "flow", "track", "-c", config, "-w", str(ws.root), "--video", good, "--force", "detector.conf=0.3"]
+    proc = subprocess.run(command, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "video_id" in proc.stdout and good in proc.stdout and "done" in proc.stdout, proc.stdout
+    assert bad not in proc.stdout and "[{" not in proc.stdout  # only the asked video, as a table
+    assert f"{url}/runs/flow-run/" in proc.stderr and "Completed" in proc.stderr
+    unknown = subprocess.run([mas, "flow", "track", "-c", config, "-w", str(ws.root), "--video", "nope"], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert unknown.returncode == 1 and "known ids:" in unknown.stderr and good in unknown.stderr, unknown.stderr
+
+
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
     _, env = prefect_server
     ws, config, good, _ = flow_workspace
