@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 
@@ -17,6 +18,12 @@ GPU_LIMIT = "gpu"
 def key(text: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:120] or "artifact"
+
+
+def workspace_root(workspace: str | None) -> str:
+    """The workspace a flow works in: its ``workspace`` parameter, else $MAS_WORKSPACE, else ``workspace`` under the
+    working directory (so deployments follow the worker's environment: /data/workspace in the image)."""
+    return workspace or os.environ.get("MAS_WORKSPACE") or "workspace"
 
 
 def open_inputs(workspace: str, config: str | None = None,

@@ -16,7 +16,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from flows import artifacts
-from flows.common import gpu_slot, key, open_inputs
+from flows.common import gpu_slot, key, open_inputs, workspace_root
 from pipeline.config import Source
 from storage import Catalog
 
@@ -131,9 +131,10 @@ def finish(rows: list[dict[str, Any]], stage: str) -> State:
 
 # ------------------------------------------------------------------------------------------------------------ flows
 @flow(name="download", log_prints=True)
-def download_flow(config: str, workspace: str = "workspace",
+def download_flow(config: str, workspace: str | None = None,
                   overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 1: every source item is a task with retries and exponential backoff."""
+    workspace = workspace_root(workspace)
     from pipeline.download import expand_sources
 
     ws, cfg = open_inputs(workspace, config, overrides)
@@ -156,23 +157,26 @@ def _per_video(stage_task, stage: str, input_kind: str, config: str, workspace: 
 
 
 @flow(name="track", log_prints=True)
-def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None, force: bool = False,
+def track_flow(config: str, workspace: str | None = None, videos: list[str] | None = None, force: bool = False,
                overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 2 for one video, a list, or all videos of the workspace."""
+    workspace = workspace_root(workspace)
     return _per_video(track_task, "track", "video", config, workspace, videos, force, overrides)
 
 
 @flow(name="pose", log_prints=True)
-def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None, force: bool = False,
+def pose_flow(config: str, workspace: str | None = None, videos: list[str] | None = None, force: bool = False,
               overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 3 for one video, a list, or all tracked videos."""
+    workspace = workspace_root(workspace)
     return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force, overrides)
 
 
 @flow(name="process", log_prints=True)
-def process_flow(config: str, workspace: str = "workspace", force: bool = False,
+def process_flow(config: str, workspace: str | None = None, force: bool = False,
                  overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Stage 4: build the dataset and show its card."""
+    workspace = workspace_root(workspace)
     from pipeline.dataset_stage import build_dataset
 
     ws, cfg = open_inputs(workspace, config, overrides)
@@ -183,10 +187,11 @@ def process_flow(config: str, workspace: str = "workspace", force: bool = False,
 
 
 @flow(name="train", log_prints=True)
-def train_flow(dataset: str, workspace: str = "workspace", run: str | None = None, steps: int = 100_000,
+def train_flow(dataset: str, workspace: str | None = None, run: str | None = None, steps: int = 100_000,
                batch_size: int = 32, lr: float = 1e-5, num_layers: int = 8, latent_dim: int = 512, max_len: int = 120,
                device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 5 (resumes from the run's checkpoint); holds the GPU slot while training."""
+    workspace = workspace_root(workspace)
     from models.trainer import TrainConfig
     from pipeline.train_stage import run_training
 
@@ -200,10 +205,11 @@ def train_flow(dataset: str, workspace: str = "workspace", run: str | None = Non
 
 
 @flow(name="sample", log_prints=True)
-def sample_flow(run: str, workspace: str = "workspace", name: str | None = None, method: str = "mas",
+def sample_flow(run: str, workspace: str | None = None, name: str | None = None, method: str = "mas",
                 num_samples: int = 8, length: int | None = None, views: int = 5, seed: int = 0,
                 device: str = "auto", precision: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures (precision auto: int8 on CPU)."""
+    workspace = workspace_root(workspace)
     from models.mas import MASConfig
     from pipeline.sample_stage import run_sampling
 
@@ -218,11 +224,12 @@ def sample_flow(run: str, workspace: str = "workspace", name: str | None = None,
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace", name: str | None = None,
+def evaluate_flow(run: str, sample_sets: list[str], workspace: str | None = None, name: str | None = None,
                   length: int | None = None, n: int = 1000, repeats: int = 5, evaluator_layers: int = 6,
                   evaluator_dim: int = 256, evaluator_ff: int = 1024, evaluator_steps: int = 20000,
                   sds_baseline: bool = True, device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 7: the metrics table (floor, trivial baselines, reference methods, evaluated sets) as artifacts."""
+    workspace = workspace_root(workspace)
     from models.evaluator import EvaluatorConfig
     from pipeline.evaluate_stage import markdown_report, run_evaluation
 
@@ -239,12 +246,13 @@ def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace"
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(config: str, workspace: str = "workspace", force: bool = False, dask_address: str | None = None,
+def build_dataset(config: str, workspace: str | None = None, force: bool = False, dask_address: str | None = None,
                   videos: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """download → track → pose → process, each stage skipping finished videos (``force`` + ``videos``: redo those).
 
     ``dask_address`` (``tcp://scheduler:8786``) runs the per-video tasks on an existing Dask cluster.
     """
+    workspace = workspace_root(workspace)
     logger = get_run_logger()
     stages = [download_flow, track_flow, pose_flow]
     if dask_address:
@@ -260,9 +268,10 @@ def build_dataset(config: str, workspace: str = "workspace", force: bool = False
 
 
 @flow(name="end-to-end", log_prints=True)
-def end_to_end(config: str, workspace: str = "workspace", steps: int = 100_000, num_samples: int = 8,
+def end_to_end(config: str, workspace: str | None = None, steps: int = 100_000, num_samples: int = 8,
                device: str = "auto", overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """build_dataset → train → sample (MAS) → evaluate."""
+    workspace = workspace_root(workspace)
     ws, cfg = open_inputs(workspace, config, overrides)
     dataset = build_dataset(config, workspace, overrides=overrides)
     trained = train_flow(cfg.name, workspace, steps=steps, device=device)

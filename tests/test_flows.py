@@ -255,6 +255,50 @@ def test_mas_flow_targets_videos_and_prints_a_summary(prefect_server, flow_works
     assert unknown.returncode == 1 and "known ids:" in unknown.stderr and good in unknown.stderr, unknown.stderr
 
 
+def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefect_server, flow_workspace, tmp_path):
+    """`prefect deploy --all` of the repository's prefect.yaml, then a real `prefect worker start` (started outside the
+    checkout) runs the track deployment for one video: the pull step finds the checkout, the workspace comes from the
+    worker's MAS_WORKSPACE."""
+    _, env = prefect_server
+    ws, config, good, _ = flow_workspace
+    pool = subprocess.run([PREFECT, "work-pool", "create", "gpu-pool", "--type", "process"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**env, "COLUMNS": "200"}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    listed = subprocess.run([PREFECT, "deployment", "ls"], env={**env, "COLUMNS": "200"}, capture_output=True,
+                            text=True, timeout=120).stdout  # fmt: skip
+    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample"):
+        assert name in listed, listed
+    run = subprocess.run([PREFECT, "deployment", "run", "track/track", "--param", f"config={config}",
+                          "--param", f'videos=["{good}"]', "--param", "force=true"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    run_id = run.stdout.split("UUID:", 1)[1].split()[0]
+    before = getattr(Catalog(ws).get("tracks", good), "updated_at", None)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    worker_env = {**env, "MAS_WORKSPACE": str(ws.root), "PYTHONPATH": "", "PATH": f"{Path(PREFECT).parent}:"
+                  + env.get("PATH", "")}  # fmt: skip
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu-pool", "--type", "process"], env=worker_env,
+                              cwd=outside, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        state = read_run(env, run_id)
+        while state["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.time() < deadline:
+            time.sleep(3)
+            state = read_run(env, run_id)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=60)
+        log.close()
+    assert state["type"] == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
+    assert list(state["tasks"].values())[0][0] == "COMPLETED" and list(state["tasks"]) == [f"track {good}"]
+    assert Catalog(ws).get("tracks", good).updated_at != before  # the worker's run wrote into MAS_WORKSPACE
+
+
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
     _, env = prefect_server
     ws, config, good, _ = flow_workspace
