@@ -181,7 +181,8 @@ def process_flow(config: str, workspace: str | None = None, force: bool = False,
 
     ws, cfg = open_inputs(workspace, config, overrides)
     result = build_dataset(ws, cfg, force=force)
-    card = ws.read_text(f"{ws.dataset_dir(cfg.name)}/card.md")
+    folder = ws.dataset_dir(cfg.name)
+    card = artifacts.inline_images(ws.read_text(f"{folder}/card.md"), lambda path: ws.read_bytes(f"{folder}/{path}"))
     artifacts.markdown(key(f"dataset-card-{cfg.name}"), card, f"dataset card of {cfg.name}")
     return {"dataset": result.name, "clips": result.num_clips, "dropped": result.dropped, "skipped": result.skipped}
 
@@ -239,7 +240,7 @@ def evaluate_flow(run: str, sample_sets: list[str], workspace: str | None = None
     result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, n=n, repeats=repeats,
                             evaluator=evaluator, evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
                             device=device, progress=False)  # fmt: skip
-    artifacts.markdown(key(f"evaluation-{name or run}"), markdown_report(result.table, result.warnings),
+    artifacts.markdown(key(f"evaluation-{name or run}"), markdown_report(result.table, result.warnings, max_metrics=2),
                        "evaluation: floor, trivial baselines and methods")  # fmt: skip
     artifacts.table(key(f"evaluation-table-{name or run}"), result.table, "evaluation metrics (raw)")
     return {"rows": len(result.table), "paths": result.paths, "warnings": result.warnings}

@@ -658,9 +658,11 @@ def demo(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.demo import demo_flow
 
-    numbers = demo_flow(str(workspace), size=size, device=device)
-    typer.echo(f"done: {numbers}")
+    state = demo_flow(str(workspace), size=size, device=device, return_state=True)
+    numbers = state.result()
+    print_flow_result(numbers)
     typer.echo(f"open {workspace}/report/report.html (or report.md) to see the result")
+    typer.echo(f"flow run (stages as tasks, report as artifacts): {run_url(str(state.state_details.flow_run_id))}")
 
 
 if __name__ == "__main__":

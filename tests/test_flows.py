@@ -4,11 +4,9 @@ page of a flow run rendered in headless Chromium, and per-video tasks on a real 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -19,50 +17,11 @@ from pipeline.assets import PERSON_DETECTOR_CLASSES
 from pipeline.config import Source
 from pipeline.download import ingest_file
 from storage import Catalog, Workspace
+from tests.conftest import chromium_page
 from tests.test_download import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")  # fmt: skip
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-        if proc.poll() is not None:
-            raise RuntimeError((home / "server.log").read_text()[-3000:])
-    else:
-        proc.kill()
-        raise RuntimeError("Prefect server did not become healthy in 180 s")
-    yield url, {**env, "PREFECT_API_URL": f"{url}/api"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def read_back(url: str, flow_name: str, artifact_keys: list[str]) -> dict:
@@ -129,17 +88,9 @@ def test_flow_through_a_real_server_with_one_failing_video(prefect_server, flow_
     table = result["table"]
     assert {row["video_id"]: row["status"] for row in table} == {good: "done", bad: "failed"}
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (`.ci/run` installs it)")
-    page = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={ws.root}/chromium", "--virtual-time-budget=20000", "--dump-dom",
-         f"{url}/runs/flow-run/{result['flow_id']}"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result["flow_name"] in page.stdout, page.stdout[-2000:]
+    page = chromium_page(f"{url}/runs/flow-run/{result['flow_id']}", Path(ws.root) / "chromium",
+                         expect=result["flow_name"])  # fmt: skip
+    assert result["flow_name"] in page, page[-2000:]
 
 
 def test_standard_prefect_cli_and_client_with_default_arguments(prefect_server, flow_workspace):
@@ -297,6 +248,49 @@ def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefe
     assert state["type"] == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
     assert list(state["tasks"].values())[0][0] == "COMPLETED" and list(state["tasks"]) == [f"track {good}"]
     assert Catalog(ws).get("tracks", good).updated_at != before  # the worker's run wrote into MAS_WORKSPACE
+
+
+READ_ARTIFACT = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+async def main():
+    async with get_client() as c:
+        art = (await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[{key!r}]))))[0]
+        print('JSON' + json.dumps({{"id": str(art.id), "data": art.data}}))
+asyncio.run(main())
+"""
+
+
+def test_dataset_card_artifact_shows_its_pictures_in_the_ui(prefect_server, tmp_path):
+    import cv2
+
+    from tests.test_demo import colour_pixels
+    from tests.test_process import CFG, _write_video_poses, pixel_track
+
+    url, env = prefect_server
+    ws = Workspace(tmp_path / "ws")
+    for v in range(2):
+        _write_video_poses(ws, f"video{v}", [pixel_track(10 + v, 100, video=f"video{v}")])
+    config = tmp_path / "card.yaml"
+    config.write_text(yaml.safe_dump({"name": "cardtest", "skeleton": "coco17", "fps": 30, "process": CFG.model_dump(),
+                                      "sources": [{"kind": "local", "value": "x"}]}))  # fmt: skip
+    out = _run(f"from flows.stages import process_flow; print('CLIPS', process_flow({str(config)!r}, "
+               f"{str(ws.root)!r})['clips'])", env)  # fmt: skip
+    assert int(out.split("CLIPS", 1)[1]) > 0
+    art = json.loads(_run(READ_ARTIFACT.format(key="dataset-card-cardtest"), env).split("JSON", 1)[1])
+    assert art["data"].count("](data:image/png;base64,") == 2 and "](preview.png)" not in art["data"]
+    shot = tmp_path / "card.png"
+
+    def pictures_on_screen(path: Path) -> bool:
+        # the UI is dark: large white areas are the card's figures; blue: the confidence histogram
+        image = cv2.imread(str(path))
+        return colour_pixels(image, "#ffffff", tolerance=0) > 300_000 and colour_pixels(image, "#4c72b0") > 200
+
+    page = chromium_page(f"{url}/artifacts/artifact/{art['id']}", tmp_path / "chromium", screenshot=shot,
+                         size="1400,2600", expect="cardtest", shot_ok=pictures_on_screen)  # fmt: skip
+    assert "cardtest" in page and page.count("<img") >= 2
+    assert pictures_on_screen(shot)
 
 
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
