@@ -220,7 +220,9 @@ def sample_flow(run: str, workspace: str | None = None, name: str | None = None,
                               length=length, mas=MASConfig(num_views=views), seed=seed, device=device,
                               precision=precision, progress=False)  # fmt: skip
     links = "\n".join(f"- `{p}`" for p in result.paths)
-    artifacts.markdown(key(f"samples-{result.name}"), f"# Samples `{result.name}`\n\n{links}\n", "sample outputs")
+    views = "\n\n".join(f"![{p.rsplit('/', 1)[-1]}]({p})" for p in result.paths if p.endswith("_views.png"))
+    text = artifacts.inline_images(f"# Samples `{result.name}`\n\n{views}\n\n{links}\n", ws.read_bytes)
+    artifacts.markdown(key(f"samples-{result.name}"), text, "sample outputs")
     return {"name": result.name, "shape": list(result.motions.shape), "seconds": result.seconds}
 
 
@@ -240,7 +242,9 @@ def evaluate_flow(run: str, sample_sets: list[str], workspace: str | None = None
     result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, n=n, repeats=repeats,
                             evaluator=evaluator, evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
                             device=device, progress=False)  # fmt: skip
-    artifacts.markdown(key(f"evaluation-{name or run}"), markdown_report(result.table, result.warnings, max_metrics=2),
+    pictures = "".join(f"\n![headline metrics]({p})\n" for p in result.paths if p.endswith("metrics.png"))
+    report = markdown_report(result.table, result.warnings, max_metrics=2) + pictures
+    artifacts.markdown(key(f"evaluation-{name or run}"), artifacts.inline_images(report, ws.read_bytes),
                        "evaluation: floor, trivial baselines and methods")  # fmt: skip
     artifacts.table(key(f"evaluation-table-{name or run}"), result.table, "evaluation metrics (raw)")
     return {"rows": len(result.table), "paths": result.paths, "warnings": result.warnings}
