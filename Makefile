@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_HOME ?= $(CURDIR)/.prefect
+# The tests keep Prefect's home (temporary server database) in the checkout; the demo uses the user's own profile, so
+# a `prefect config set PREFECT_API_URL=...` (or an exported PREFECT_API_URL) sends its flow run to that server.
+test: export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: install system-deps demo test lint benchmark clean
 

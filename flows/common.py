@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 
@@ -19,8 +20,16 @@ def key(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:120] or "artifact"
 
 
-def open_inputs(workspace: str, config: str | None = None) -> tuple[Workspace, DatasetConfig | None]:
-    return Workspace(workspace), (load_config(config) if config else None)
+def workspace_root(workspace: str | None) -> str:
+    """The workspace a flow works in: its ``workspace`` parameter, else $MAS_WORKSPACE, else ``workspace`` under the
+    working directory (so deployments follow the worker's environment: /data/workspace in the image)."""
+    return workspace or os.environ.get("MAS_WORKSPACE") or "workspace"
+
+
+def open_inputs(workspace: str, config: str | None = None,
+                overrides: list[str] | None = None) -> tuple[Workspace, DatasetConfig | None]:  # fmt: skip
+    """The workspace and the dataset config with its ``key=value`` overrides (``detector.conf=0.5``)."""
+    return Workspace(workspace), (load_config(config, overrides) if config else None)
 
 
 @contextlib.contextmanager

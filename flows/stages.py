@@ -12,10 +12,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, wait
+from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from flows import artifacts
-from flows.common import gpu_slot, key, open_inputs
+from flows.common import gpu_slot, key, open_inputs, workspace_root
 from pipeline.config import Source
 from storage import Catalog
 
@@ -24,27 +25,44 @@ class VideoStageError(RuntimeError):
     """One video failed in a stage (already recorded in the catalog)."""
 
 
+class BadVideoError(VideoStageError):
+    """A video that cannot succeed as it is (corrupt or empty file): its task fails at once, without retries."""
+
+
+class UnknownVideoError(ValueError):
+    """Video ids asked for that have no finished input record; the message lists the known ids."""
+
+
+def _retry_unless_bad_video(task, task_run, state) -> bool:
+    return not isinstance(state.data, BadVideoError)
+
+
 # ------------------------------------------------------------------------------------------------------------ tasks
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}")
-def download_item(workspace: str, source: dict[str, Any], item: str, config: str) -> list[dict[str, Any]]:
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), task_run_name="download {item}",
+      retry_condition_fn=_retry_unless_bad_video)  # fmt: skip
+def download_item(workspace: str, source: dict[str, Any], item: str, config: str,
+                  overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     from pipeline.download import fetch_item
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     src = Source(**source)
     # Prefect retries the task with backoff, so yt-dlp itself does not retry here
     results = fetch_item(ws, src, item, cfg.download.model_copy(update={"retries": 0}))
     rows = [{"video_id": r.video_id, "status": r.status, "source": r.source, "error": r.error} for r in results]
-    network_failures = [r for r in results if r.status == "failed" and src.kind != "local"]
-    if network_failures:  # let Prefect retry with backoff; the catalog keeps the error meanwhile
-        raise VideoStageError(f"download of {item} failed: {network_failures[0].error}")
+    failures = [r for r in results if r.status == "failed"]
+    if failures and src.kind != "local":  # let Prefect retry with backoff; the catalog keeps the error meanwhile
+        raise VideoStageError(f"download of {item} failed: {failures[0].error}")
+    if failures:  # a corrupt or empty file: a red task run with the error, no retries
+        raise BadVideoError(f"video {failures[0].video_id} ({item}) cannot be used: {failures[0].error}")
     return rows
 
 
 @task(task_run_name="track {video_id}")
-def track_task(workspace: str, config: str, video_id: str, force: bool) -> dict[str, Any]:
+def track_task(workspace: str, config: str, video_id: str, force: bool,
+               overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     from pipeline.detect_track import track_video
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
         result = track_video(ws, video_id, cfg.detector, force=force, progress=False)
     get_run_logger().info("track %s: %s, %d tracks", video_id, result.status, result.tracks)
@@ -54,11 +72,12 @@ def track_task(workspace: str, config: str, video_id: str, force: bool) -> dict[
 
 
 @task(task_run_name="pose {video_id}")
-def pose_task(workspace: str, config: str, video_id: str, force: bool, overlay: bool = True) -> dict[str, Any]:
+def pose_task(workspace: str, config: str, video_id: str, force: bool, overrides: list[str] | None = None,
+              overlay: bool = True) -> dict[str, Any]:  # fmt: skip
     from pipeline.overlay import write_overlay
     from pipeline.pose import pose_video
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
         result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, force=force, progress=False)
     if result.status == "failed":
@@ -87,68 +106,93 @@ def _gather(futures: list[tuple[str, PrefectFuture]], stage: str, total_key: str
     return rows
 
 
-def _done_ids(workspace: str, kind: str, wanted: list[str] | None) -> list[str]:
+def _done_ids(workspace: str, kind: str, wanted: list[str] | None, stage: str) -> list[str]:
+    """The ids to run ``stage`` on: ``wanted`` (each must have a finished ``kind`` record) or every finished one."""
     ws, _ = open_inputs(workspace)
     done = [r.id for r in Catalog(ws).records(kind) if r.status == "done"]
-    return [v for v in (wanted or done) if v in done]
+    unknown = [v for v in wanted or [] if v not in done]
+    if unknown:
+        known = ", ".join(done) if done else "none"
+        raise UnknownVideoError(f"{stage}: no finished {kind} record for {', '.join(unknown)} in {workspace}; "
+                                f"known ids: {known} (`mas status -w {workspace}` shows failed ones too)")  # fmt: skip
+    return list(wanted) if wanted else done
+
+
+def finish(rows: list[dict[str, Any]], stage: str) -> State:
+    """The flow run's final state: Completed, named "Completed with failures" (message naming the videos) when some
+    per-video tasks failed, so the other videos' results stay usable and the partial failure stays visible."""
+    failed = [str(r.get("video_id")) for r in rows if r.get("status") == "failed"]
+    if not failed:
+        return Completed(data=rows)
+    message = f"{stage}: {len(failed)} of {len(rows)} videos failed ({', '.join(failed)}); see the failed task runs"
+    get_run_logger().warning(message)
+    return Completed(name="Completed with failures", message=message, data=rows)
 
 
 # ------------------------------------------------------------------------------------------------------------ flows
 @flow(name="download", log_prints=True)
-def download_flow(config: str, workspace: str = "workspace") -> list[dict[str, Any]]:
+def download_flow(config: str, workspace: str | None = None,
+                  overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 1: every source item is a task with retries and exponential backoff."""
+    workspace = workspace_root(workspace)
     from pipeline.download import expand_sources
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     items = expand_sources(cfg.sources)
-    futures = [(item, download_item.submit(workspace, s.model_dump(), item, config)) for s, item in items]
+    futures = [(item, download_item.submit(workspace, s.model_dump(), item, config, overrides)) for s, item in items]
     rows = _gather(futures, "download", f"download-progress-{cfg.name}")
     artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))
-    return rows
+    return finish(rows, "download")
 
 
 def _per_video(stage_task, stage: str, input_kind: str, config: str, workspace: str, videos: list[str] | None,
-               force: bool) -> list[dict[str, Any]]:  # fmt: skip
+               force: bool, overrides: list[str] | None) -> State:  # fmt: skip
     """Map ``stage_task`` over the videos whose ``input_kind`` record is done; table + progress artifacts."""
-    _, cfg = open_inputs(workspace, config)
-    ids = _done_ids(workspace, input_kind, videos)
-    rows = _gather([(v, stage_task.submit(workspace, config, v, force)) for v in ids], stage,
+    _, cfg = open_inputs(workspace, config, overrides)
+    ids = _done_ids(workspace, input_kind, videos, stage)
+    rows = _gather([(v, stage_task.submit(workspace, config, v, force, overrides)) for v in ids], stage,
                    f"{stage}-progress-{cfg.name}")  # fmt: skip
     artifacts.table(key(f"{stage}s-{cfg.name}"), rows, f"{stage} per video")
-    return rows
+    return finish(rows, stage)
 
 
 @flow(name="track", log_prints=True)
-def track_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
-               force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def track_flow(config: str, workspace: str | None = None, videos: list[str] | None = None, force: bool = False,
+               overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 2 for one video, a list, or all videos of the workspace."""
-    return _per_video(track_task, "track", "video", config, workspace, videos, force)
+    workspace = workspace_root(workspace)
+    return _per_video(track_task, "track", "video", config, workspace, videos, force, overrides)
 
 
 @flow(name="pose", log_prints=True)
-def pose_flow(config: str, workspace: str = "workspace", videos: list[str] | None = None,
-              force: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def pose_flow(config: str, workspace: str | None = None, videos: list[str] | None = None, force: bool = False,
+              overrides: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage 3 for one video, a list, or all tracked videos."""
-    return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force)
+    workspace = workspace_root(workspace)
+    return _per_video(pose_task, "pose", "tracks", config, workspace, videos, force, overrides)
 
 
 @flow(name="process", log_prints=True)
-def process_flow(config: str, workspace: str = "workspace", force: bool = False) -> dict[str, Any]:
+def process_flow(config: str, workspace: str | None = None, force: bool = False,
+                 overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Stage 4: build the dataset and show its card."""
+    workspace = workspace_root(workspace)
     from pipeline.dataset_stage import build_dataset
 
-    ws, cfg = open_inputs(workspace, config)
+    ws, cfg = open_inputs(workspace, config, overrides)
     result = build_dataset(ws, cfg, force=force)
-    card = ws.read_text(f"{ws.dataset_dir(cfg.name)}/card.md")
+    folder = ws.dataset_dir(cfg.name)
+    card = artifacts.inline_images(ws.read_text(f"{folder}/card.md"), lambda path: ws.read_bytes(f"{folder}/{path}"))
     artifacts.markdown(key(f"dataset-card-{cfg.name}"), card, f"dataset card of {cfg.name}")
     return {"dataset": result.name, "clips": result.num_clips, "dropped": result.dropped, "skipped": result.skipped}
 
 
 @flow(name="train", log_prints=True)
-def train_flow(dataset: str, workspace: str = "workspace", run: str | None = None, steps: int = 100_000,
+def train_flow(dataset: str, workspace: str | None = None, run: str | None = None, steps: int = 100_000,
                batch_size: int = 32, lr: float = 1e-5, num_layers: int = 8, latent_dim: int = 512, max_len: int = 120,
                device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 5 (resumes from the run's checkpoint); holds the GPU slot while training."""
+    workspace = workspace_root(workspace)
     from models.trainer import TrainConfig
     from pipeline.train_stage import run_training
 
@@ -162,10 +206,11 @@ def train_flow(dataset: str, workspace: str = "workspace", run: str | None = Non
 
 
 @flow(name="sample", log_prints=True)
-def sample_flow(run: str, workspace: str = "workspace", name: str | None = None, method: str = "mas",
+def sample_flow(run: str, workspace: str | None = None, name: str | None = None, method: str = "mas",
                 num_samples: int = 8, length: int | None = None, views: int = 5, seed: int = 0,
                 device: str = "auto", precision: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures (precision auto: int8 on CPU)."""
+    workspace = workspace_root(workspace)
     from models.mas import MASConfig
     from pipeline.sample_stage import run_sampling
 
@@ -175,16 +220,19 @@ def sample_flow(run: str, workspace: str = "workspace", name: str | None = None,
                               length=length, mas=MASConfig(num_views=views), seed=seed, device=device,
                               precision=precision, progress=False)  # fmt: skip
     links = "\n".join(f"- `{p}`" for p in result.paths)
-    artifacts.markdown(key(f"samples-{result.name}"), f"# Samples `{result.name}`\n\n{links}\n", "sample outputs")
+    views = "\n\n".join(f"![{p.rsplit('/', 1)[-1]}]({p})" for p in result.paths if p.endswith("_views.png"))
+    text = artifacts.inline_images(f"# Samples `{result.name}`\n\n{views}\n\n{links}\n", ws.read_bytes)
+    artifacts.markdown(key(f"samples-{result.name}"), text, "sample outputs")
     return {"name": result.name, "shape": list(result.motions.shape), "seconds": result.seconds}
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace", name: str | None = None,
+def evaluate_flow(run: str, sample_sets: list[str], workspace: str | None = None, name: str | None = None,
                   length: int | None = None, n: int = 1000, repeats: int = 5, evaluator_layers: int = 6,
                   evaluator_dim: int = 256, evaluator_ff: int = 1024, evaluator_steps: int = 20000,
                   sds_baseline: bool = True, device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Stage 7: the metrics table (floor, trivial baselines, reference methods, evaluated sets) as artifacts."""
+    workspace = workspace_root(workspace)
     from models.evaluator import EvaluatorConfig
     from pipeline.evaluate_stage import markdown_report, run_evaluation
 
@@ -194,19 +242,22 @@ def evaluate_flow(run: str, sample_sets: list[str], workspace: str = "workspace"
     result = run_evaluation(ws, run, name or f"{run}-eval", sample_sets, length=length, n=n, repeats=repeats,
                             evaluator=evaluator, evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
                             device=device, progress=False)  # fmt: skip
-    artifacts.markdown(key(f"evaluation-{name or run}"), markdown_report(result.table, result.warnings),
+    pictures = "".join(f"\n![headline metrics]({p})\n" for p in result.paths if p.endswith("metrics.png"))
+    report = markdown_report(result.table, result.warnings, max_metrics=2) + pictures
+    artifacts.markdown(key(f"evaluation-{name or run}"), artifacts.inline_images(report, ws.read_bytes),
                        "evaluation: floor, trivial baselines and methods")  # fmt: skip
     artifacts.table(key(f"evaluation-table-{name or run}"), result.table, "evaluation metrics (raw)")
     return {"rows": len(result.table), "paths": result.paths, "warnings": result.warnings}
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(config: str, workspace: str = "workspace", force: bool = False,
-                  dask_address: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """download → track → pose → process, each stage skipping finished videos.
+def build_dataset(config: str, workspace: str | None = None, force: bool = False, dask_address: str | None = None,
+                  videos: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """download → track → pose → process, each stage skipping finished videos (``force`` + ``videos``: redo those).
 
     ``dask_address`` (``tcp://scheduler:8786``) runs the per-video tasks on an existing Dask cluster.
     """
+    workspace = workspace_root(workspace)
     logger = get_run_logger()
     stages = [download_flow, track_flow, pose_flow]
     if dask_address:
@@ -214,19 +265,20 @@ def build_dataset(config: str, workspace: str = "workspace", force: bool = False
 
         stages = [s.with_options(task_runner=dask_runner(dask_address)) for s in stages]
     download, track, pose = stages
-    downloads = download(config, workspace)
-    logger.info("downloaded: %s", [(r.get("video_id"), r.get("status")) for r in downloads])
-    track(config, workspace, force=force)
-    pose(config, workspace, force=force)
-    return process_flow(config, workspace, force=force)
+    downloads = download(config, workspace, overrides=overrides)
+    logger.info("downloaded: %s", ", ".join(f"{r.get('video_id')} {r.get('status')}" for r in downloads))
+    track(config, workspace, videos=videos, force=force, overrides=overrides)
+    pose(config, workspace, videos=videos, force=force, overrides=overrides)
+    return process_flow(config, workspace, force=force, overrides=overrides)
 
 
 @flow(name="end-to-end", log_prints=True)
-def end_to_end(config: str, workspace: str = "workspace", steps: int = 100_000, num_samples: int = 8,
-               device: str = "auto") -> dict[str, Any]:  # fmt: skip
+def end_to_end(config: str, workspace: str | None = None, steps: int = 100_000, num_samples: int = 8,
+               device: str = "auto", overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """build_dataset → train → sample (MAS) → evaluate."""
-    ws, cfg = open_inputs(workspace, config)
-    dataset = build_dataset(config, workspace)
+    workspace = workspace_root(workspace)
+    ws, cfg = open_inputs(workspace, config, overrides)
+    dataset = build_dataset(config, workspace, overrides=overrides)
     trained = train_flow(cfg.name, workspace, steps=steps, device=device)
     samples = sample_flow(trained["run"], workspace, num_samples=max(num_samples, 8), device=device)
     # one draw of all the samples (n = num_samples); use the evaluate flow with n x repeats samples for CIs

@@ -6,8 +6,9 @@ config and prints results. Errors in arguments or configs exit with status 2 and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -26,6 +27,24 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mas-pipeline {version('mas-pipeline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """From in-the-wild video to 3D motion: download, track, pose, process, train, sample, evaluate."""
+
+
 # A string, not a Path: Path("s3://bucket/x") would become the local folder "s3:/bucket/x"
 WorkspaceOpt = Annotated[
     str,
@@ -34,7 +53,28 @@ WorkspaceOpt = Annotated[
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Dataset config YAML, e.g. configs/nba.yaml.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when finished outputs exist.")]
 PrecisionOpt = Annotated[
-    str, typer.Option(help="Denoiser arithmetic: auto (int8 on CPU, fp32 on GPU), fp32, int8 (CPU) or bf16 (GPU).")
+    Literal["auto", "fp32", "int8", "bf16"],
+    typer.Option(
+        help="Denoiser arithmetic: auto (int8 on CPU, fp32 on GPU), fp32, int8 (CPU) or bf16 (GPU).",
+    ),
+]
+
+
+def _check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N (N = GPU index)")
+    return value
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="[auto|cpu|cuda|cuda:N]", callback=_check_device, help="Torch device (auto: cuda when available)."
+    ),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides key=value, e.g. detector.conf=0.5 process.mirror=false.", show_default=False),
 ]
 DEFAULT_WORKSPACE = "workspace"
 
@@ -52,18 +92,20 @@ def open_workspace(path: str | Path) -> Workspace:
         raise  # unreachable, for type checkers
 
 
-def read_config(path: Path) -> DatasetConfig:
+def read_config(path: Path, overrides: list[str] | None = None) -> DatasetConfig:
     try:
-        return load_config(path)
+        return load_config(path, overrides)
     except ConfigError as exc:
         fail(f"invalid dataset config\n{exc}")
         raise
 
 
 @app.command("check-config")
-def check_config(config: Annotated[Path, typer.Argument(help="Dataset config YAML.")]) -> None:
-    """Validate a dataset config and print it with defaults filled in."""
-    cfg = read_config(config)
+def check_config(
+    config: Annotated[Path, typer.Argument(help="Dataset config YAML.")], overrides: OverridesArg = None
+) -> None:
+    """Validate a dataset config (with key=value overrides) and print it with defaults filled in."""
+    cfg = read_config(config, overrides)
     typer.echo(cfg.model_dump_json(indent=2))
 
 
@@ -94,7 +136,9 @@ def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> 
     if wanted:
         unknown = [v for v in wanted if v not in done]
         if unknown:
-            fail(f"no finished {kind} record for {unknown}; `mas status -w {ws.url}` lists what exists")
+            known = ", ".join(done) if done else "none"
+            fail(f"no finished {kind} record for {', '.join(unknown)}; known ids: {known} "
+                 f"(`mas status -w {ws.url}` shows failed ones too)")  # fmt: skip
         return list(wanted)
     if not done:
         fail(f"nothing to do: no finished {kind} records in {ws.url}")
@@ -114,6 +158,7 @@ def download(
     config: ConfigOpt,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     source: Annotated[list[str] | None, typer.Option(help="Extra URL or local path (repeatable).")] = None,
+    overrides: OverridesArg = None,
 ) -> None:
     """Stage 1: download or import videos into the workspace (deduplicated by content)."""
     from pathlib import Path as _Path
@@ -121,7 +166,7 @@ def download(
     from pipeline.config import Source
     from pipeline.download import download_all
 
-    cfg = read_config(config)
+    cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
     extra = [Source(kind="local" if _Path(s).exists() else "url", value=s) for s in source or []]
     try:
@@ -140,11 +185,12 @@ def track(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     video: Annotated[list[str] | None, typer.Option(help="Only these video ids (default: all).")] = None,
     force: ForceOpt = False,
+    overrides: OverridesArg = None,
 ) -> None:
     """Stage 2: detect and track subjects in every video."""
     from pipeline.detect_track import track_video
 
-    cfg = read_config(config)
+    cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
     results = [track_video(ws, v, cfg.detector, force=force) for v in _video_ids(ws, video)]
     _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes") for r in results], "track")
@@ -159,13 +205,14 @@ def pose(
     video: Annotated[list[str] | None, typer.Option(help="Only these video ids (default: all).")] = None,
     overlay: Annotated[bool, typer.Option(help="Also write overlay videos for checking by eye.")] = True,
     force: ForceOpt = False,
+    overrides: OverridesArg = None,
 ) -> None:
     """Stage 3: top-down 2D pose estimation on the tracked boxes."""
     from pipeline.detect_track import WeightsError
     from pipeline.overlay import write_overlay
     from pipeline.pose import make_backend, pose_video
 
-    cfg = read_config(config)
+    cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
     ids = _video_ids(ws, video, kind="tracks")
     try:
@@ -186,12 +233,17 @@ def pose(
 
 
 @app.command()
-def process(config: ConfigOpt, workspace: WorkspaceOpt = DEFAULT_WORKSPACE, force: ForceOpt = False) -> None:
+def process(
+    config: ConfigOpt,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    force: ForceOpt = False,
+    overrides: OverridesArg = None,
+) -> None:
     """Stage 4: turn tracked poses into a confidence-weighted 2D motion dataset."""
     from pipeline.dataset_stage import build_dataset
     from storage.locks import ArtifactLockedError
 
-    cfg = read_config(config)
+    cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
     try:
         result = build_dataset(ws, cfg, force=force)
@@ -215,7 +267,7 @@ def train(
     layers: Annotated[int, typer.Option(min=1)] = 8,
     latent_dim: Annotated[int, typer.Option(min=8)] = 512,
     save_every: Annotated[int, typer.Option(min=1)] = 1000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint of this run.")] = False,
     noise_schedule: Annotated[
@@ -253,7 +305,7 @@ def sample(
     run: Annotated[str, typer.Option(help="Training run (checkpoint) name.")],
     name: Annotated[str | None, typer.Option(help="Name of the sample set (default: <run>-<method>).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
-    method: Annotated[str, typer.Option(help="mas, or sds (the DreamFusion baseline).")] = "mas",
+    method: Annotated[Literal["mas", "sds"], typer.Option(help="mas, or sds (the DreamFusion baseline).")] = "mas",
     num_samples: Annotated[int, typer.Option(min=1)] = 8,
     length: Annotated[int | None, typer.Option(min=1, help="Frames per motion.")] = None,
     views: Annotated[int, typer.Option(min=2, help="Number of MAS views (at least 2).")] = 5,
@@ -270,7 +322,7 @@ def sample(
     sds_iterations: Annotated[int, typer.Option(min=1)] = 1000,
     annealed: Annotated[bool, typer.Option(help="SDS: anneal t from T to 0.")] = False,
     render: Annotated[int, typer.Option(min=0, help="Render this many samples as mp4 + views PNG.")] = 2,
-    device: str = "auto",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     seed: int = 0,
     force: ForceOpt = False,
@@ -405,7 +457,7 @@ def evaluate(
     evaluator_dim: EvaluatorDimOpt = 256,
     evaluator_ff: EvaluatorFFOpt = 1024,
     evaluator_steps: EvaluatorStepsOpt = 20000,
-    device: str = "auto",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
     """Stage 7: the paper's 2D metrics against the test split and, where 3D truth exists, 3D metrics against the
@@ -468,7 +520,7 @@ def benchmark_3d(
     evaluator_ff: EvaluatorFFOpt = 1024,
     evaluator_steps: EvaluatorStepsOpt = 20000,
     seed: int = 0,
-    device: str = "auto",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
 ) -> None:
     """3D benchmark on known motions: hold out whole clips, train on one random view of the rest, sample MAS and
@@ -510,34 +562,153 @@ def serve(
     serve_all([str(p) for p in config], workspace, cron or None, gpu_limit)
 
 
+FlowName = Literal["build-dataset", "download", "track", "pose", "process", "train", "sample", "evaluate", "end-to-end"]
+
+
+def _flows() -> dict[str, Any]:
+    from flows import stages
+
+    return {
+        "build-dataset": stages.build_dataset, "download": stages.download_flow, "track": stages.track_flow,
+        "pose": stages.pose_flow, "process": stages.process_flow, "train": stages.train_flow,
+        "sample": stages.sample_flow, "evaluate": stages.evaluate_flow, "end-to-end": stages.end_to_end,
+    }  # fmt: skip
+
+
+def _flow_arguments(name: str, flow_fn: Any, items: list[str], config: Path | None, video: list[str] | None,
+                    force: bool, dask_address: str | None) -> dict[str, Any]:  # fmt: skip
+    """Keyword arguments of a flow from the options and ``key=value`` items (flow parameters or config overrides)."""
+    import inspect
+
+    import yaml
+
+    params = inspect.signature(flow_fn.fn).parameters
+    own = [p for p in params if p not in ("config", "workspace", "videos", "force", "overrides", "dask_address")]
+    kwargs: dict[str, Any] = {}
+    overrides = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            fail(f"{item!r}: expected key=value (a parameter of flow {name}: {', '.join(own)}, or a config key)")
+        if key in own:
+            kwargs[key] = yaml.safe_load(text) if text.strip() else None
+        elif "config" in params:
+            overrides.append(item)
+        else:
+            fail(f"flow {name} has no parameter {key!r}; its parameters: {', '.join(own)}")
+    if "config" in params:
+        if config is None:
+            fail(f"flow {name} needs --config (a dataset config YAML)")
+        try:
+            load_config(config, overrides)
+        except ConfigError as exc:
+            fail(f"{exc}" + (f"\n(the flow's own parameters: {', '.join(own)})" if own else ""))
+        kwargs["config"] = str(config)
+        if overrides:
+            kwargs["overrides"] = overrides
+    for option, given, param in (("--video", video, "videos"), ("--force", force, "force"),
+                                 ("--dask-address", dask_address, "dask_address")):  # fmt: skip
+        if given and param not in params:
+            takers = [n for n, f in _flows().items() if param in inspect.signature(f.fn).parameters]
+            fail(f"flow {name} does not take {option}; flows that do: {', '.join(takers)}")
+        if given:
+            kwargs[param] = list(given) if param == "videos" else given
+    missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in kwargs]
+    missing = [p for p in missing if p != "workspace"]
+    if missing:
+        fail(f"flow {name} needs {', '.join(f'{p}=...' for p in missing)}")
+    return kwargs
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value) if len(value) <= 8 else f"{len(value)} items"
+    return "" if value is None else str(value)
+
+
+def print_flow_result(result: Any) -> None:
+    """A flow's return value as a table: one row per video for per-video flows, one row per key otherwise."""
+    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        columns = list(dict.fromkeys(k for r in result for k in r))
+        table = Table(*columns)
+        for row in result:
+            table.add_row(*[_cell(row.get(c)) for c in columns])
+        Console().print(table if result else "no videos to work on")
+    elif isinstance(result, dict):
+        table = Table("result", "value")
+        for k, v in result.items():
+            table.add_row(str(k), _cell(v))
+        Console().print(table)
+    else:
+        Console().print(_cell(result))
+
+
+def run_url(flow_run_id: str) -> str:
+    """Where a flow run can be seen: the UI of PREFECT_API_URL's server, or the temporary server's database."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL
+
+    if PREFECT_API_URL.value():
+        ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
+        return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return (f"a temporary Prefect server recorded it in {PREFECT_HOME.value()}; set PREFECT_API_URL "
+            "(`prefect server start`) to see runs in the UI")  # fmt: skip
+
+
 @app.command("flow")
 def run_flow(
-    name: Annotated[str, typer.Argument(help="build-dataset, download, track, pose or process.")],
-    config: ConfigOpt,
+    name: Annotated[FlowName, typer.Argument(help="The flow to run.")],
+    items: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value: the flow's parameters (steps=200, run=nba, lists as YAML: sample_sets=\\[nba-mas]) "
+            "or config overrides (detector.conf=0.5).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Dataset config YAML (dataset flows).")] = None,
     workspace: Annotated[str, typer.Option("--workspace", "-w", envvar="MAS_WORKSPACE")] = "workspace",
+    video: Annotated[list[str] | None, typer.Option(help="Only these video ids (build-dataset, track, pose).")] = None,
     force: ForceOpt = False,
     dask_address: Annotated[str | None, typer.Option(help="Run per-video tasks on this Dask scheduler.")] = None,
 ) -> None:
-    """Run a dataset flow once through Prefect (ephemeral, or the server in PREFECT_API_URL)."""
-    from flows import stages
+    """Run one flow once through Prefect (the server in PREFECT_API_URL, or a temporary one) and print its result.
 
-    read_config(config)
-    flows = {"build-dataset": stages.build_dataset, "download": stages.download_flow, "track": stages.track_flow,
-             "pose": stages.pose_flow, "process": stages.process_flow}  # fmt: skip
-    if name not in flows:
-        fail(f"unknown flow {name!r}; choose from {', '.join(flows)}")
-    kwargs = {"force": force} if name != "download" else {}
-    if name == "build-dataset":
-        kwargs["dask_address"] = dask_address
-    result = flows[name](str(config), workspace, **kwargs)
-    typer.echo(result)
+    Examples: `mas flow track -c configs/nba.yaml --video ID --force`, `mas flow train dataset=nba steps=2000`.
+    """
+    from prefect.exceptions import ParameterTypeError
+
+    flow_fn = _flows()[name]
+    kwargs = _flow_arguments(name, flow_fn, list(items or []), config, video, force, dask_address)
+    kwargs["workspace"] = workspace
+    try:
+        flow_fn.validate_parameters(kwargs)
+    except ParameterTypeError as exc:
+        fail(f"flow {name}: {exc}")
+    state = flow_fn(**kwargs, return_state=True)
+    result = state.result(raise_on_failure=False)
+    colour = "green" if state.is_completed() and not state.message else "red"
+    console.print(f"flow run [{colour}]{state.name}[/]" + (f": {state.message}" if state.message else ""),
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"see it at {run_url(str(state.state_details.flow_run_id))}", highlight=False, soft_wrap=True)
+    if isinstance(result, BaseException):
+        fail(f"flow {name} failed: {result}", code=1)
+    print_flow_result(result)
+    rows = result if isinstance(result, list) else []
+    if not state.is_completed() or any(isinstance(r, dict) and r.get("status") == "failed" for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command()
 def demo(
     workspace: WorkspaceOpt = "workspace-demo",
-    size: Annotated[str, typer.Option(help="full (about 15 min on 2 CPU cores) or tiny (about 2 min).")] = "full",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    size: Annotated[
+        Literal["full", "tiny"], typer.Option(help="full (about 15 min on 2 CPU cores) or tiny (about 2 min).")
+    ] = "full",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Run the whole pipeline at small scale on offline data, as a Prefect flow, and write a report."""
     import os
@@ -545,11 +716,11 @@ def demo(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.demo import demo_flow
 
-    if size not in ("full", "tiny"):
-        fail(f"--size must be full or tiny, got {size!r}")
-    numbers = demo_flow(str(workspace), size=size, device=device)
-    typer.echo(f"done: {numbers}")
+    state = demo_flow(str(workspace), size=size, device=device, return_state=True)
+    numbers = state.result()
+    print_flow_result(numbers)
     typer.echo(f"open {workspace}/report/report.html (or report.md) to see the result")
+    typer.echo(f"flow run (stages as tasks, report as artifacts): {run_url(str(state.state_details.flow_run_id))}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A bad file fails with :class:`ConfigError`, whose message names the file and eac
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -148,8 +149,46 @@ def format_validation_error(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path) -> DatasetConfig:
-    """Read and validate a dataset YAML file."""
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def apply_overrides(data: dict, overrides: list[str], origin: str) -> dict:
+    """Set ``key=value`` items (dotted keys, e.g. ``detector.conf=0.5``; values read as YAML) in a config mapping.
+
+    Every key is checked against :class:`DatasetConfig`, so a typo fails with the keys that exist at that level.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        if not sep or not dotted.strip():
+            raise ConfigError(f"{origin}: override {item!r}: expected key=value, e.g. detector.conf=0.5")
+        parts = dotted.strip().split(".")
+        model: type[BaseModel] = DatasetConfig
+        target = data
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[:depth]) or "the top level"
+            if part not in model.model_fields:
+                raise ConfigError(f"{origin}: override {item!r}: unknown config key {dotted!r}; "
+                                  f"keys of {where}: {_keys(model)}")  # fmt: skip
+            annotation = model.model_fields[part].annotation
+            if depth == len(parts) - 1:
+                try:
+                    target[part] = yaml.safe_load(text) if text.strip() else None
+                except yaml.YAMLError as exc:
+                    raise ConfigError(f"{origin}: override {item!r}: the value is not valid YAML: {exc}") from None
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                if not isinstance(target.get(part), dict):
+                    target[part] = {}
+                target, model = target[part], annotation
+            else:
+                raise ConfigError(f"{origin}: override {item!r}: {'.'.join(parts[: depth + 1])} has no sub-keys; "
+                                  f"set it whole, e.g. {part}=<value>")  # fmt: skip
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DatasetConfig:
+    """Read and validate a dataset YAML file, with ``key=value`` overrides (see :func:`apply_overrides`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -159,7 +198,10 @@ def load_config(path: str | Path) -> DatasetConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides, str(path))
     try:
         return DatasetConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+        origin = f"{path} with {' '.join(overrides)}" if overrides else str(path)
+        raise ConfigError(format_validation_error(exc, origin)) from None

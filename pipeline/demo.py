@@ -179,7 +179,7 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
                 f"Demo scale: n = {evaluation.n} motions per draw, {size.repeats} draws, evaluator "
                 f"{size.evaluator_layers} layers x {size.evaluator_dim} d (the official protocol, `mas evaluate` and "
                 "`mas benchmark-3d` defaults: n = 1000, evaluator 6 layers x 256 d, FF 1024).\n\n"
-                + markdown_report(table, evaluation.warnings)
+                + markdown_report(table, evaluation.warnings, max_metrics=2)
             ),
         )
     )
@@ -204,7 +204,12 @@ def write_report(report: DemoReport, out: Path, title: str) -> tuple[Path, Path]
     return md, page
 
 
-def run_demo(workspace: str | Path, size: str = "full", device: str = "auto", log=print) -> DemoReport:
+def _call(name: str, fn, *args):
+    return fn(*args)
+
+
+def run_demo(workspace: str | Path, size: str = "full", device: str = "auto", log=print, stage=_call) -> DemoReport:
+    """The demo's parts run through ``stage(name, fn, *args)`` (the flow makes each one a Prefect task)."""
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; use one of {', '.join(SIZES)}")
     ws = Workspace(workspace)
@@ -212,9 +217,9 @@ def run_demo(workspace: str | Path, size: str = "full", device: str = "auto", lo
     out.mkdir(parents=True, exist_ok=True)
     report = DemoReport()
     start = time.perf_counter()
-    run_video_part(ws, SIZES[size], report, out, log)
-    run_motion_part(ws, SIZES[size], report, out, log, device)
+    stage("video → tracked 2D poses", run_video_part, ws, SIZES[size], report, out, log)
+    stage("2D dataset → diffusion → MAS → evaluation", run_motion_part, ws, SIZES[size], report, out, log, device)
     report.numbers["total_seconds"] = round(time.perf_counter() - start)
-    md, page = write_report(report, out, "mas-pipeline demo: from video to 3D motion")
+    md, page = stage("report", write_report, report, out, "mas-pipeline demo: from video to 3D motion")
     log(f"report: {md} and {page} ({report.numbers['total_seconds']} s in all)")
     return report

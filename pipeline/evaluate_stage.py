@@ -371,16 +371,30 @@ values (real motion), not with zero.
 """
 
 
-def markdown_report(table: pd.DataFrame, warnings: list[str]) -> str:
-    """The 2D table, the 3D table (rows with 3D metrics) and the ranking check, with the legend."""
+def _tables(table: pd.DataFrame, base: list[str], metrics: list[str], max_metrics: int | None) -> str:
+    """One table, or (``max_metrics``) several narrow ones: the first with ``base`` columns and ``max_metrics``
+    metrics, the others keyed by method (and view), so every column stays visible where wide tables are cut off (the
+    Prefect UI)."""
+    if not max_metrics or len(metrics) <= max_metrics:
+        return markdown_table(table, base + metrics)
+    keys = [c for c in ("method", "view") if c in base]
+    wider = max_metrics + 2  # the later tables have fewer key columns: two more metrics fit
+    chunks = [metrics[:max_metrics]] + [metrics[i : i + wider] for i in range(max_metrics, len(metrics), wider)]
+    return "\n".join(markdown_table(table, (base if i == 0 else keys) + c) for i, c in enumerate(chunks))
+
+
+def markdown_report(table: pd.DataFrame, warnings: list[str], max_metrics: int | None = None) -> str:
+    """The 2D table, the 3D table (rows with 3D metrics) and the ranking check, with the legend; ``max_metrics``
+    splits the tables into narrower ones of at most that many metric columns."""
     base = ["kind", "method", "view", "n", "draws"]
-    parts = [LEGEND, "\n### 2D metrics (the paper's protocol)\n\n", markdown_table(table, base + list(METRICS_2D))]
+    parts = [LEGEND, "\n### 2D metrics (the paper's protocol)\n\n",
+             _tables(table, base, list(METRICS_2D), max_metrics)]  # fmt: skip
     if "mpjpe" in table:
         rows = table[np.isfinite(table["mpjpe"].astype(float))]
         cols = ["mpjpe", "mpjpe_precision", "mpjpe_coverage", "speed_w1", "accel_w1", "fid_3d", "bone_cv",
                 "foot_skate", "floating"]  # fmt: skip
         parts += ["\n### 3D metrics against the held-out 3D motions\n\n",
-                  markdown_table(rows, ["kind", "method", "n", "draws"] + cols)]  # fmt: skip
+                  _tables(rows, ["kind", "method", "n", "draws"], cols, max_metrics)]  # fmt: skip
     if warnings:
         parts.append("\n**Ranking check failed** — these headline numbers cannot tell real motion from trivial "
                      "output on this data:\n\n" + "\n".join(f"- {w}" for w in warnings) + "\n")  # fmt: skip

@@ -104,3 +104,48 @@ def test_cli_status_lists_catalog(tmp_path):
     result = runner.invoke(app, ["status", "-w", str(tmp_path)])
     assert result.exit_code == 0
     assert "clip1" in result.stdout and "failed" in result.stdout and "zero frames" in result.stdout
+
+
+def test_config_overrides_on_the_command_line(tmp_path):
+    path = _write(tmp_path, _good())
+    cfg = load_config(path, ["detector.conf=0.5", "fps=25", "process.mirror=false", "detector.classes=[person]"])
+    assert (cfg.detector.conf, cfg.fps, cfg.process.mirror) == (0.5, 25.0, False)
+    ok = runner.invoke(app, ["check-config", str(path), "detector.conf=0.5"])
+    assert ok.exit_code == 0 and '"conf": 0.5' in ok.stdout, ok.output
+    for override, words in [
+        ("detector.cnf=0.5", "unknown config key 'detector.cnf'; keys of detector: weights, classes"),
+        ("nope=1", "keys of the top level: name, skeleton, fps"),
+        ("fps.x=1", "fps has no sub-keys"),
+        ("detector.conf", "expected key=value"),
+        ("detector.conf=2", "with detector.conf=2: detector.conf: Input should be less than 1"),
+    ]:
+        bad = runner.invoke(app, ["check-config", str(path), override])
+        assert bad.exit_code == 2 and words in bad.output, (override, bad.output)
+    track = runner.invoke(app, ["track", "-c", str(path), "-w", str(tmp_path / "ws"), "detector.iou=7"])
+    assert track.exit_code == 2 and "detector.iou: Input should be less than 1" in track.output
+
+
+def test_version_choices_and_flow_arguments(tmp_path):
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("mas-pipeline ")
+    help_text = runner.invoke(app, ["sample", "--help"], env={"COLUMNS": "200"}).output
+    assert "mas|sds" in help_text and "auto|fp32|int8|bf16" in help_text and "auto|cpu|cuda|cuda:N" in help_text
+    device = runner.invoke(app, ["train", "--dataset", "d", "-w", str(tmp_path), "--device", "gpu"])
+    assert device.exit_code == 2 and "'gpu' is not a device" in device.output
+    method = runner.invoke(app, ["sample", "--run", "r", "-w", str(tmp_path), "--method", "dreamfusion"])
+    assert method.exit_code == 2 and "dreamfusion" in method.output
+    flows = runner.invoke(app, ["flow", "--help"], env={"COLUMNS": "200"}).output
+    for name in ("build-dataset", "download", "track", "pose", "process", "train", "sample", "evaluate", "end-to-end"):
+        assert name in flows
+    path = str(_write(tmp_path, _good()))
+    cases = [
+        (["flow", "train"], "flow train needs dataset=..."),
+        (["flow", "train", "dataset=x", "stpes=1"], "no parameter 'stpes'; its parameters: dataset, run, steps"),
+        (["flow", "train", "dataset=x", "steps=abc"], "steps: Input should be a valid integer"),
+        (["flow", "process", "-c", path, "--video", "v"], "does not take --video; flows that do: build-dataset, track"),
+        (["flow", "track"], "flow track needs --config"),
+        (["flow", "track", "-c", path, "detector.cnf=1"], "unknown config key 'detector.cnf'"),
+    ]
+    for args, words in cases:
+        result = runner.invoke(app, [*args, "-w", str(tmp_path / "ws")])
+        assert result.exit_code == 2 and words in result.output, (args, result.output)

@@ -4,11 +4,9 @@ page of a flow run rendered in headless Chromium, and per-video tasks on a real 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -19,50 +17,11 @@ from pipeline.assets import PERSON_DETECTOR_CLASSES
 from pipeline.config import Source
 from pipeline.download import ingest_file
 from storage import Catalog, Workspace
+from tests.conftest import chromium_page
 from tests.test_download import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")  # fmt: skip
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-        if proc.poll() is not None:
-            raise RuntimeError((home / "server.log").read_text()[-3000:])
-    else:
-        proc.kill()
-        raise RuntimeError("Prefect server did not become healthy in 180 s")
-    yield url, {**env, "PREFECT_API_URL": f"{url}/api"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def read_back(url: str, flow_name: str, artifact_keys: list[str]) -> dict:
@@ -129,17 +88,9 @@ def test_flow_through_a_real_server_with_one_failing_video(prefect_server, flow_
     table = result["table"]
     assert {row["video_id"]: row["status"] for row in table} == {good: "done", bad: "failed"}
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (`.ci/run` installs it)")
-    page = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={ws.root}/chromium", "--virtual-time-budget=20000", "--dump-dom",
-         f"{url}/runs/flow-run/{result['flow_id']}"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result["flow_name"] in page.stdout, page.stdout[-2000:]
+    page = chromium_page(f"{url}/runs/flow-run/{result['flow_id']}", Path(ws.root) / "chromium",
+                         expect=result["flow_name"])  # fmt: skip
+    assert result["flow_name"] in page, page[-2000:]
 
 
 def test_standard_prefect_cli_and_client_with_default_arguments(prefect_server, flow_workspace):
@@ -172,6 +123,174 @@ def test_standard_prefect_cli_and_client_with_default_arguments(prefect_server, 
     )  # fmt: skip
     out = _run(script, env)
     assert out.count("\n") == 12 and "read_flows" in out, out
+
+
+READ_RUN = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+async def main():
+    async with get_client() as c:
+        run = await c.read_flow_run({run_id!r})
+        tasks = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        print('STATE', json.dumps({{"type": run.state.type.value, "name": run.state.name, "message": run.state.message,
+              "tasks": {{t.name: [t.state.type.value, t.state.message, t.run_count] for t in tasks}}}}))
+asyncio.run(main())
+"""
+
+
+def read_run(env: dict, run_id: str) -> dict:
+    """A flow run's final state and its task runs' states, read with the standard Prefect client."""
+    return json.loads(_run(READ_RUN.format(run_id=run_id), env).split("STATE", 1)[1])
+
+
+def test_corrupt_and_empty_videos_are_failed_task_runs(prefect_server, tmp_path):
+    _, env = prefect_server
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_video(folder / "good.mp4", frames=8, seed=21)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    (folder / "empty.mp4").write_bytes(b"")
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"name": "badvideos", "skeleton": "coco17", "fps": 15,
+                                      "sources": [{"kind": "local", "value": str(folder)}]}))  # fmt: skip
+    script = (
+        "import json\nfrom flows.stages import download_flow\n"
+        f"state = download_flow({str(config)!r}, {str(tmp_path / 'ws')!r}, return_state=True)\n"
+        "print('ROWS', json.dumps({'id': str(state.state_details.flow_run_id), 'rows': state.result()}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("ROWS", 1)[1])
+    assert sorted(r["status"] for r in out["rows"]) == ["done", "failed", "failed"]
+    run = read_run(env, out["id"])
+    assert run["type"] == "COMPLETED" and run["name"] == "Completed with failures", run
+    assert "2 of 3 videos failed" in run["message"]
+    tasks = run["tasks"]
+    assert tasks[f"download {folder / 'good.mp4'}"][0] == "COMPLETED"
+    corrupt, empty = tasks[f"download {folder / 'corrupt.mp4'}"], tasks[f"download {folder / 'empty.mp4'}"]
+    assert corrupt[0] == "FAILED" and "OpenCV cannot open it" in corrupt[1], corrupt
+    assert empty[0] == "FAILED" and "the file is empty" in empty[1], empty
+    assert corrupt[2] == empty[2] == 1  # a bad file is not retried
+    records = {r.id.split("-")[0]: r.status for r in Catalog(Workspace(tmp_path / "ws")).records("video")}
+    assert records == {"good": "done", "corrupt": "failed", "empty": "failed"}
+
+
+def test_rerun_with_an_unknown_video_id_fails_and_lists_known_ids(prefect_server, flow_workspace):
+    _, env = prefect_server
+    ws, config, good, bad = flow_workspace
+    script = (
+        "import json\nfrom flows.stages import track_flow\n"
+        f"state = track_flow({config!r}, {ws.root!r}, videos=['no-such-video'], return_state=True)\n"
+        "print('STATE', json.dumps({'id': str(state.state_details.flow_run_id), 'type': state.type.value,"
+        " 'message': state.message}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("STATE", 1)[1])
+    assert out["type"] == "FAILED"
+    run = read_run(env, out["id"])
+    assert run["type"] == "FAILED" and run["tasks"] == {}
+    assert "no-such-video" in run["message"] and "known ids:" in run["message"], run["message"]
+    assert good in run["message"] and bad in run["message"]  # both videos were downloaded
+
+
+def test_mas_flow_targets_videos_and_prints_a_summary(prefect_server, flow_workspace):
+    url, env = prefect_server
+    ws, config, good, bad = flow_workspace
+    mas = str(Path(sys.executable).with_name("mas"))
+    command = [mas, "flow", "track", "-c", config, "-w", str(ws.root), "--video", good, "--force", "detector.conf=0.3"]
+    proc = subprocess.run(command, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "video_id" in proc.stdout and good in proc.stdout and "done" in proc.stdout, proc.stdout
+    assert bad not in proc.stdout and "[{" not in proc.stdout  # only the asked video, as a table
+    assert f"{url}/runs/flow-run/" in proc.stderr and "Completed" in proc.stderr
+    unknown = subprocess.run([mas, "flow", "track", "-c", config, "-w", str(ws.root), "--video", "nope"], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert unknown.returncode == 1 and "known ids:" in unknown.stderr and good in unknown.stderr, unknown.stderr
+
+
+def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefect_server, flow_workspace, tmp_path):
+    """`prefect deploy --all` of the repository's prefect.yaml, then a real `prefect worker start` (started outside the
+    checkout) runs the track deployment for one video: the pull step finds the checkout, the workspace comes from the
+    worker's MAS_WORKSPACE."""
+    _, env = prefect_server
+    ws, config, good, _ = flow_workspace
+    pool = subprocess.run([PREFECT, "work-pool", "create", "gpu-pool", "--type", "process"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**env, "COLUMNS": "200"}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    listed = subprocess.run([PREFECT, "deployment", "ls"], env={**env, "COLUMNS": "200"}, capture_output=True,
+                            text=True, timeout=120).stdout  # fmt: skip
+    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample"):
+        assert name in listed, listed
+    run = subprocess.run([PREFECT, "deployment", "run", "track/track", "--param", f"config={config}",
+                          "--param", f'videos=["{good}"]', "--param", "force=true"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    run_id = run.stdout.split("UUID:", 1)[1].split()[0]
+    before = getattr(Catalog(ws).get("tracks", good), "updated_at", None)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    worker_env = {**env, "MAS_WORKSPACE": str(ws.root), "PYTHONPATH": "", "PATH": f"{Path(PREFECT).parent}:"
+                  + env.get("PATH", "")}  # fmt: skip
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu-pool", "--type", "process"], env=worker_env,
+                              cwd=outside, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        state = read_run(env, run_id)
+        while state["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.time() < deadline:
+            time.sleep(3)
+            state = read_run(env, run_id)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=60)
+        log.close()
+    assert state["type"] == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
+    assert list(state["tasks"].values())[0][0] == "COMPLETED" and list(state["tasks"]) == [f"track {good}"]
+    assert Catalog(ws).get("tracks", good).updated_at != before  # the worker's run wrote into MAS_WORKSPACE
+
+
+READ_ARTIFACT = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+async def main():
+    async with get_client() as c:
+        art = (await c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[{key!r}]))))[0]
+        print('JSON' + json.dumps({{"id": str(art.id), "data": art.data}}))
+asyncio.run(main())
+"""
+
+
+def test_dataset_card_artifact_shows_its_pictures_in_the_ui(prefect_server, tmp_path):
+    import cv2
+
+    from tests.test_demo import colour_pixels
+    from tests.test_process import CFG, _write_video_poses, pixel_track
+
+    url, env = prefect_server
+    ws = Workspace(tmp_path / "ws")
+    for v in range(2):
+        _write_video_poses(ws, f"video{v}", [pixel_track(10 + v, 100, video=f"video{v}")])
+    config = tmp_path / "card.yaml"
+    config.write_text(yaml.safe_dump({"name": "cardtest", "skeleton": "coco17", "fps": 30, "process": CFG.model_dump(),
+                                      "sources": [{"kind": "local", "value": "x"}]}))  # fmt: skip
+    out = _run(f"from flows.stages import process_flow; print('CLIPS', process_flow({str(config)!r}, "
+               f"{str(ws.root)!r})['clips'])", env)  # fmt: skip
+    assert int(out.split("CLIPS", 1)[1]) > 0
+    art = json.loads(_run(READ_ARTIFACT.format(key="dataset-card-cardtest"), env).split("JSON", 1)[1])
+    assert art["data"].count("](data:image/png;base64,") == 2 and "](preview.png)" not in art["data"]
+    shot = tmp_path / "card.png"
+
+    def pictures_on_screen(path: Path) -> bool:
+        # the UI is dark: large white areas are the card's figures; blue: the confidence histogram
+        image = cv2.imread(str(path))
+        return colour_pixels(image, "#ffffff", tolerance=0) > 300_000 and colour_pixels(image, "#4c72b0") > 200
+
+    page = chromium_page(f"{url}/artifacts/artifact/{art['id']}", tmp_path / "chromium", screenshot=shot,
+                         size="1400,2600", expect="cardtest", shot_ok=pictures_on_screen)  # fmt: skip
+    assert "cardtest" in page and page.count("<img") >= 2
+    assert pictures_on_screen(shot)
 
 
 def test_rerun_skips_finished_videos_and_force_recomputes(prefect_server, flow_workspace):
