@@ -6,6 +6,8 @@ one 3D motion per sample (closed form), re-project it (x̃0), and take the DDPM 
 orthographically (Theorem 1: an orthographic projection of N(0, I3) is N(0, I2)).
 
 The diffusion runs in the model's z-scored space; projection and triangulation run in data units.
+``rigid_bones`` (off by default, beyond the paper) moves every triangulated motion onto one set of bone lengths per
+sample (:func:`pipeline.rigid.project_to_rigid`) before it is re-projected to the views, and the final motion too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from tqdm.auto import tqdm
 from models.checkpoint import TrainedModel
 from models.triangulation import triangulate
 from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, project, project_each, rotation_matrix, view_azimuths
+from pipeline.rigid import project_to_rigid
+from pipeline.skeletons import get_skeleton
 
 
 class SamplingError(RuntimeError):
@@ -35,6 +39,7 @@ class MASConfig:
     noise_3d: bool = True  # False: the "no 3D noise" ablation, independent noise per view
     dynamic_views: bool = False  # seed appendix C: new random view offsets every step, history replayed
     refine_iters: int = 2
+    rigid_bones: bool = False  # beyond the paper: each triangulated motion onto one set of bone lengths per sample
 
     def __post_init__(self) -> None:
         if self.num_views < 2:
@@ -49,7 +54,10 @@ class MASConfig:
             raise SamplingError(f"camera distance must be positive, got {self.distance}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.rigid_bones:  # off: the parameters (and cached sample sets' keys) read as before the option
+            del out["rigid_bones"]
+        return out
 
 
 def _rotations(azimuths: torch.Tensor, elevation: float) -> torch.Tensor:
@@ -123,6 +131,8 @@ def mas_sample(
         x0_hat = trained.denormalise(z0_hat.reshape(num_samples, views, length, joints, 2))
         motion = per_sample_triangulate(x0_hat, rot)
         _check_finite("the triangulated motion", motion, i)
+        if cfg.rigid_bones:
+            motion = project_to_rigid(motion, get_skeleton(trained.skeleton))
         z0_tilde = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
         eps3d, noise = draw_noise(rot)
         x = diffusion.step(z0_tilde, x, _timestep(i, num_samples, device), noise)
@@ -134,6 +144,8 @@ def mas_sample(
                 x = _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
     final = per_sample_triangulate(trained.denormalise(x), rot)
     _check_finite("the final motion", final, 0)
+    if cfg.rigid_bones:
+        final = project_to_rigid(final, get_skeleton(trained.skeleton))
     return final
 
 

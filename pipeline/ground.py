@@ -141,9 +141,10 @@ def _two_bone_ik(pose: np.ndarray, hip: int, knee: int, foot: int, target: np.nd
 def clean_for_export(
     positions: np.ndarray, rig: Rig, fps: float, lock: bool = False, percentile: float = 5.0
 ) -> tuple[np.ndarray, dict]:
-    """Floor at y = 0 and, with ``lock``, feet held during contacts; returns positions and a summary."""
+    """Floor at y = 0 and, with ``lock``, feet held during contacts; returns positions and a summary (the floor
+    shift ``[N]``, the feet, and the fraction of foot-frames in contact when locking)."""
     grounded, floor = put_on_floor(positions, rig, percentile)
-    info = {"floor_shift_mean": float(floor.mean()), "feet": [rig.joints[j] for j in foot_joints(rig)]}
+    info = {"floor_shift": floor, "feet": [rig.joints[j] for j in foot_joints(rig)]}
     if lock and info["feet"]:
         contacts = foot_contacts(grounded, rig, fps)
         grounded = lock_feet(grounded, rig, contacts)

@@ -354,3 +354,13 @@ def rigid_bvh(rigid: RigidMotions, index: int, fps: float, scale: float = 100.0)
     return to_rotation_bvh(rigid.rig.names, rigid.rig.parents, rigid.offsets[index].cpu().numpy(),
                            rigid.end_sites()[index].cpu().numpy(), rigid.root[index].cpu().numpy(),
                            rigid.local[index].cpu().numpy(), fps, scale)  # fmt: skip
+
+
+def project_to_rigid(motions: torch.Tensor, skeleton: Skeleton) -> torch.Tensor:
+    """``motions [N, L, J, 3]`` (all joints of ``skeleton``, any float dtype and device) with the body joints moved
+    onto one set of bone lengths per motion (:func:`rigid_positions`, in float64); extra joints are left alone."""
+    rig = build_rig(skeleton)
+    body = torch.as_tensor(skeleton.body_joints, device=motions.device)
+    out = motions.clone()
+    out[:, :, body] = rigid_positions(motions[:, :, body].double(), rig).to(motions.dtype)
+    return out
