@@ -15,7 +15,12 @@ MAS triangulates free points, so its bones stretch. :func:`fit_rigid` turns moti
 
 The hierarchy (:class:`Rig`) is a spanning tree of the skeleton's bones grown from the root, as in
 :func:`storage.bvh.bvh_tree`; a skeleton with cycles (COCO-17: shoulders joined across and to the hips, the face ring)
-keeps the bones that close a cycle out of the tree, and only those may change length (:attr:`Rig.loose_bones`).
+keeps the bones that close a cycle out of the tree (:attr:`Rig.loose_bones`). Those are held by alternating
+projections (``loop_iters`` rounds: pull the two ends of each loose bone to its length, fit the tree again), which
+closes short loops exactly and long ones partly: on 40 procedural COCO-17 motions with 10% (5%) per-frame bone
+noise, 10 rounds take the shoulder width's variation (std/mean over time) from 5.1% (2.5%) to 0 and the nose-right
+eye bone's from 44% (32%) to 8% (0.2%), for 0.0015 (0.0007) body heights more mean joint displacement. Only tree
+bones are constant by construction.
 Everything is batched torch (CPU or GPU); units are the motion's.
 """
 
@@ -50,7 +55,8 @@ class Rig:
     child_node: tuple[int, ...]  # per bone: the node of its child joint (its OFFSET is the rest bone)
     bone_mirror: tuple[int, ...]  # per bone: its left/right twin (itself if none)
     heading_pair: tuple[int, int] | None  # (left, right) joints that define the root's heading
-    loose_bones: tuple[tuple[str, str], ...]  # skeleton bones outside the tree (their lengths are not held)
+    loose_bones: tuple[tuple[str, str], ...]  # skeleton bones outside the tree (held only approximately)
+    loose_pairs: tuple[tuple[int, int], ...]  # the same as joint indices
 
     @property
     def is_tree(self) -> bool:
@@ -76,7 +82,8 @@ def build_rig(skeleton: Skeleton) -> Rig:
     tree = {frozenset((p, j)) for j, p in enumerate(parent) if p >= 0}
     if virtual:  # the root joints hang from their mean point: opposite directions, so the bones between them hold
         tree |= {frozenset(pair) for pair in zip(root, root[1:], strict=False)} if len(root) == 2 else set()
-    loose = tuple((joints[a], joints[b]) for a, b in bones if frozenset((a, b)) not in tree)
+    loose_pairs = tuple((a, b) for a, b in bones if frozenset((a, b)) not in tree)
+    loose = tuple((joints[a], joints[b]) for a, b in loose_pairs)
     children: dict[int, list[int]] = {}
     for j, p in enumerate(parent):
         if virtual or j != root[0]:
@@ -116,6 +123,7 @@ def build_rig(skeleton: Skeleton) -> Rig:
         node_joint=tuple(node_joint), bone_parent=tuple(bone_parent), bone_child=tuple(bone_child),
         bone_node=tuple(bone_node), child_node=tuple(child_node), bone_mirror=mirror,
         heading_pair=_heading_pair(skeleton, index, parent, root), loose_bones=loose,
+        loose_pairs=loose_pairs,
     )  # fmt: skip
 
 
@@ -200,16 +208,60 @@ def bone_lengths(motions: torch.Tensor, rig: Rig) -> torch.Tensor:
     return (raw + raw[:, list(rig.bone_mirror)]) / 2
 
 
-def rigid_positions(motions: torch.Tensor, rig: Rig, lengths: torch.Tensor | None = None) -> torch.Tensor:
+def rigid_positions(
+    motions: torch.Tensor, rig: Rig, lengths: torch.Tensor | None = None, loop_iters: int = 10
+) -> torch.Tensor:
     """``[N, L, J, 3]``: ``motions`` (body joints) on the rig's fixed bone ``lengths`` (estimated when None).
 
     Root point kept; then, parents first, each joint goes where its bone (fixed length, from the fitted parent)
     points at the triangulated joint. Where the triangulated joint sits on the fitted parent, the bone keeps the
-    triangulated direction of the bone, else points up.
+    triangulated direction of the bone, else points up. With loose bones (a skeleton with cycles), ``loop_iters``
+    rounds of alternating projections pull them towards their lengths (the mirrored bone's where that one is in
+    the tree, else their own median) before the last tree pass.
     """
     motions = _check(motions, rig)
     lengths = bone_lengths(motions, rig) if lengths is None else lengths.to(motions)
-    root, points = _targets(motions, rig)
+    fitted = _tree_pass(motions, rig, lengths)
+    if not rig.loose_pairs or loop_iters <= 0:
+        return fitted
+    loose = _loose_lengths(motions, rig, lengths)  # [N, P]
+    for _ in range(loop_iters):
+        targets = fitted.clone()
+        for i, (a, b) in enumerate(rig.loose_pairs):
+            vec = targets[:, :, a] - targets[:, :, b]
+            norm = vec.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+            half = (norm - loose[:, i, None, None]) * vec / norm / 2
+            targets[:, :, a] -= half
+            targets[:, :, b] += half
+        fitted = _tree_pass(targets, rig, lengths)
+    return fitted
+
+
+def _loose_lengths(motions: torch.Tensor, rig: Rig, lengths: torch.Tensor) -> torch.Tensor:
+    """``[N, P]`` target lengths of the loose bones: the mirrored tree bone's length, else the median."""
+    mirror = {rig.joints[j]: rig.joints[k] for j, k in enumerate(_joint_mirror(rig))}
+    tree = {(rig.bone_parent[b], rig.bone_child[b]): b for b in range(len(rig.bone_child))}
+    tree.update({(c, p): b for (p, c), b in list(tree.items())})
+    out = []
+    for a, b in rig.loose_pairs:
+        twin = (rig.joints.index(mirror[rig.joints[a]]), rig.joints.index(mirror[rig.joints[b]]))
+        if twin in tree:
+            out.append(lengths[:, tree[twin]])
+        else:
+            out.append((motions[:, :, a] - motions[:, :, b]).norm(dim=-1).median(dim=1).values)
+    return torch.stack(out, 1)
+
+
+def _joint_mirror(rig: Rig) -> list[int]:
+    """Left/right twin of each joint, from the mirrored bones (itself for centre joints)."""
+    twin = list(range(len(rig.joints)))
+    for b, m in enumerate(rig.bone_mirror):
+        twin[rig.bone_child[b]] = rig.bone_child[m]
+    return twin
+
+
+def _tree_pass(points_in: torch.Tensor, rig: Rig, lengths: torch.Tensor) -> torch.Tensor:
+    root, points = _targets(points_in, rig)
     fitted = [None] * len(rig.joints)
     if len(rig.root) == 1:  # the root joint itself is node 0
         fitted[rig.root[0]] = root
@@ -217,7 +269,7 @@ def rigid_positions(motions: torch.Tensor, rig: Rig, lengths: torch.Tensor | Non
     def at(j: int) -> torch.Tensor:
         return root if j == -1 else fitted[j]
 
-    up = torch.tensor([0.0, 1.0, 0.0], dtype=motions.dtype, device=motions.device)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=points.dtype, device=points.device)
     for b, (p, c) in enumerate(zip(rig.bone_parent, rig.bone_child, strict=True)):
         direction, norm = _normalise(points[:, :, c] - at(p))
         raw, raw_norm = _normalise(points[:, :, c] - points[:, :, p])
@@ -305,16 +357,18 @@ def _heading(positions: torch.Tensor, rig: Rig) -> torch.Tensor:
     return yaw_matrix(torch.atan2(-axis[..., 2], axis[..., 0]))
 
 
-def fit_rigid(motions, skeleton: Skeleton, lengths: torch.Tensor | None = None) -> RigidMotions:
+def fit_rigid(motions, skeleton: Skeleton, lengths: torch.Tensor | None = None, loop_iters: int = 10) -> RigidMotions:
     """Fit rigid bones, rotations and a root path to motions ``[N, L, J, 3]`` (all joints of ``skeleton``; extra
-    joints such as a ball are dropped). ``lengths [N, B]`` fixes the bone lengths (estimated when None)."""
+    joints such as a ball are dropped). ``lengths [N, B]`` fixes the bone lengths (estimated when None);
+    ``loop_iters``: rounds of loop closure for loose bones (:func:`rigid_positions`; 0 to solve rotations of
+    positions that are already rigid, exactly)."""
     rig = build_rig(skeleton)
     m = torch.as_tensor(motions)
     if m.dim() == 4 and m.shape[2] == skeleton.num_joints:
         m = m[:, :, torch.as_tensor(skeleton.body_joints, device=m.device)]
     m = _check(m, rig)
     lengths = bone_lengths(m, rig) if lengths is None else lengths.to(m)
-    fitted = rigid_positions(m, rig, lengths)
+    fitted = rigid_positions(m, rig, lengths, loop_iters)
     root, points = _targets(fitted, rig)
     n, length = m.shape[:2]
     k = rig.num_nodes

@@ -45,8 +45,9 @@ def rigid_note(skeleton: Skeleton) -> str:
     if rig.is_tree:
         return f"skeleton {skeleton.name} is a tree: every bone keeps one length per motion"
     loose = ", ".join(f"{a}-{b}" for a, b in rig.loose_bones)
-    return (f"skeleton {skeleton.name} is not a tree: the BVH follows a spanning tree of its bones, and the bones "
-            f"closing its cycles ({loose}) are not held to one length")  # fmt: skip
+    return (f"skeleton {skeleton.name} is not a tree: the BVH follows a spanning tree of its bones; the bones "
+            f"closing its cycles ({loose}) are pulled towards one length by loop closure, not held exactly "
+            "(loose_bone_cv)")  # fmt: skip
 
 
 def export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: ExportConfig | None = None):
@@ -54,7 +55,7 @@ def export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: Ex
     config = config or ExportConfig()
     raw = np.asarray(motions, np.float64)[:, :, skeleton.body_joints]
     rig = build_rig(skeleton)
-    chunks, shifts, errors, variation, contact = [], [], [], [], []
+    chunks, shifts, errors, variation, contact, loose = [], [], [], [], [], []
     for start in range(0, len(raw), CHUNK):
         part = torch.as_tensor(raw[start : start + CHUNK])
         fitted = fit_rigid(part, skeleton)
@@ -62,8 +63,10 @@ def export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: Ex
         errors.append(((fitted.positions - part).norm(dim=-1) / height).flatten(1))
         cleaned, info = clean_for_export(fitted.positions.numpy(), rig, fps, lock=config.clean_feet,
                                          percentile=config.floor_percentile)  # fmt: skip
-        final = fit_rigid(torch.as_tensor(cleaned), skeleton, lengths=fitted.lengths)
+        final = fit_rigid(torch.as_tensor(cleaned), skeleton, lengths=fitted.lengths, loop_iters=0)
         variation.append(bone_variation(final.positions, rig))
+        pairs = [_cv(final.positions, a, b) for a, b in rig.loose_pairs]
+        loose.append(torch.stack(pairs, 1) if pairs else torch.zeros(len(part), 0, dtype=part.dtype))
         shifts.append(info.pop("floor_shift"))
         contact.append(info.pop("contact_fraction", None))
         chunks.append(final)
@@ -72,13 +75,23 @@ def export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: Ex
         "note": rigid_note(skeleton),
         "fit_error_mean": round(float(error.mean()), 5),  # body heights, rigid vs sampled joints
         "fit_error_max": round(float(error.max()), 5),
-        "tree_bone_variation_max": float(torch.cat(variation).max()),
+        "tree_bone_variation_max": float(torch.cat(variation).max()),  # (max - min) / mean over time, worst bone
+        "loose_bone_cv": {
+            f"{rig.joints[a]}-{rig.joints[b]}": round(float(v), 5)
+            for (a, b), v in zip(rig.loose_pairs, torch.cat(loose).mean(0), strict=True)
+        },
         "settings": config.to_dict(),
         "feet": info["feet"],
     }
     if config.clean_feet and info["feet"]:
         summary["contact_fraction"] = round(float(np.mean(contact)), 4)
     return chunks, np.concatenate(shifts), summary
+
+
+def _cv(positions: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """``[N]`` std/mean over time of the distance between joints ``a`` and ``b``."""
+    length = (positions[:, :, a] - positions[:, :, b]).norm(dim=-1)
+    return length.std(1) / length.mean(1).clamp_min(1e-9)
 
 
 def rigid_npz_bytes(chunks: list[RigidMotions], floor_shift: np.ndarray, skeleton: Skeleton, fps: float,

@@ -41,6 +41,12 @@ def _stretch(motions: torch.Tensor, rig, sigma: float, seed: int = 0) -> torch.T
     return torch.stack(out, 2)
 
 
+def _cv(motions: torch.Tensor, a: int, b: int) -> float:
+    """Mean over motions of std/mean over time of the distance between joints a and b."""
+    length = (motions[:, :, a] - motions[:, :, b]).norm(dim=-1)
+    return float((length.std(1) / length.mean(1)).mean())
+
+
 def _heights(motions: torch.Tensor) -> torch.Tensor:
     y = motions[..., 1]
     return (y.amax(-1) - y.amin(-1)).median(1).values[:, None, None]
@@ -77,6 +83,13 @@ def test_rigid_fit_tolerance_on_stretched_procedural_motions():
         assert torch.equal(lengths, lengths[:, list(rig.bone_mirror)])  # left and right match
         direct = rigid_positions(noisy, rig, lengths)  # FK of the rotations gives the same joints
         assert (direct - fitted.positions).abs().max() < 1e-9
+        loose = {pair: _cv(fitted.positions, *pair) for pair in rig.loose_pairs}  # the loops, closed by projection
+        shoulders = (COCO.index("left_shoulder"), COCO.index("right_shoulder"))
+        assert loose[shoulders] < 1e-6 and _cv(noisy, *shoulders) > 0.02
+        face = (COCO.index("nose"), COCO.index("right_eye"))
+        assert loose[face] < 0.15 < _cv(noisy, *face)
+        open_loops = rigid_positions(noisy, rig, lengths, loop_iters=0)
+        assert _cv(open_loops, *face) > 2 * loose[face]
 
 
 def test_rigid_fit_single_root_and_animal_skeletons():
@@ -197,7 +210,7 @@ def test_foot_locking_holds_feet_and_keeps_bones():
             far[max(s - 3, 0) : e + 3] = False
         np.testing.assert_allclose(locked[n, far, feet[f]], grounded[n, far, feet[f]], atol=1e-12)
     assert still >= 10
-    refit = fit_rigid(torch.as_tensor(locked), COCO, lengths=fitted.lengths)  # IK kept every bone length
+    refit = fit_rigid(torch.as_tensor(locked), COCO, lengths=fitted.lengths, loop_iters=0)  # IK kept the lengths
     assert (refit.positions - torch.as_tensor(locked)).abs().max() < 1e-9
     skate = lambda m: np.linalg.norm(np.diff(m[:, :, feet][..., [0, 2]], axis=1), axis=-1)[contacts[:, 1:]].mean()  # noqa: E731
     assert skate(locked) < 0.5 * skate(grounded)
