@@ -24,12 +24,14 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
-# Debian packages the tests use: headless Chromium (Prefect UI check) and docker-compose (compose file check)
+# Debian packages the tests use: headless Chromium (Prefect UI check), docker-compose (compose file check) and
+# Blender (its BVH importer opens our rotation BVH files)
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v docker-compose >/dev/null || ! command -v blender >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose >/dev/null; \
-		else echo "note: install chromium and docker-compose for the UI and compose tests (they skip otherwise)"; fi; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium docker-compose \
+				blender >/dev/null; \
+		else echo "note: install chromium, docker-compose and blender for the UI, compose and BVH tests (they skip otherwise)"; fi; \
 	fi
 
 test: install system-deps lint

@@ -6,6 +6,8 @@ one 3D motion per sample (closed form), re-project it (x̃0), and take the DDPM 
 orthographically (Theorem 1: an orthographic projection of N(0, I3) is N(0, I2)).
 
 The diffusion runs in the model's z-scored space; projection and triangulation run in data units.
+``rigid_bones`` (off by default, beyond the paper) moves every triangulated motion onto one set of bone lengths per
+sample (:func:`pipeline.rigid.project_to_rigid`) before it is re-projected to the views, and the final motion too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pipeline.cameras import (
     rotation_matrix,
     view_azimuths,
 )
+from pipeline.rigid import project_to_rigid
+from pipeline.skeletons import get_skeleton
 
 
 class SamplingError(RuntimeError):
@@ -46,6 +50,7 @@ class MASConfig:
     refine_iters: int = 2
     distance_m: float | None = None  # metres (replaces distance): distance_m / subject_height_m mean-pose heights
     subject_height_m: float = DEFAULT_SUBJECT_HEIGHT_M
+    rigid_bones: bool = False  # beyond the paper: each triangulated motion onto one set of bone lengths per sample
 
     def __post_init__(self) -> None:
         if self.num_views < 2:
@@ -63,7 +68,10 @@ class MASConfig:
                                 "must be positive")  # fmt: skip
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.rigid_bones:  # off: the parameters (and cached sample sets' keys) read as before the option
+            del out["rigid_bones"]
+        return out
 
     def camera_distance(self, mean_pose) -> float | None:
         """Perspective distance in data units for a model with this mean pose (None: orthographic)."""
@@ -144,6 +152,8 @@ def mas_sample(
         x0_hat = trained.denormalise(z0_hat.reshape(num_samples, views, length, joints, 2))
         motion = per_sample_triangulate(x0_hat, rot)
         _check_finite("the triangulated motion", motion, i)
+        if cfg.rigid_bones:
+            motion = project_to_rigid(motion, get_skeleton(trained.skeleton))
         z0_tilde = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
         eps3d, noise = draw_noise(rot)
         x = diffusion.step(z0_tilde, x, _timestep(i, num_samples, device), noise)
@@ -155,6 +165,8 @@ def mas_sample(
                 x = _replay(diffusion, trained, history, rot, per_sample_project, cfg, distance)
     final = per_sample_triangulate(trained.denormalise(x), rot)
     _check_finite("the final motion", final, 0)
+    if cfg.rigid_bones:
+        final = project_to_rigid(final, get_skeleton(trained.skeleton))
     return final
 
 

@@ -50,6 +50,7 @@ class BenchmarkSpec:
     evaluator_max_steps: int = 20000
     device: str = "auto"
     precision: str = "auto"
+    rigid_bones: bool = False  # also sample MAS with fixed bone lengths (MASConfig.rigid_bones) and score it too
 
     def __post_init__(self) -> None:
         if (self.motions_npz is None) == (self.procedural is None):
@@ -120,14 +121,25 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
     run_sampling(ws, run, mas_name, num_samples=total, length=spec.length, mas=MASConfig(), seed=spec.seed,
                  device=spec.device, precision=spec.precision, render=1, progress=progress)  # fmt: skip
     seconds["MAS sampling"] = time.perf_counter() - t
+    sets, labels = [mas_name], {mas_name: "MAS (5 views)"}
+    if spec.rigid_bones:
+        t = time.perf_counter()
+        rigid_name = f"{spec.name}-mas-rigid"
+        log(f"sampling {total} MAS motions with fixed bone lengths (rigid_bones)")
+        run_sampling(ws, run, rigid_name, num_samples=total, length=spec.length, mas=MASConfig(rigid_bones=True),
+                     seed=spec.seed, device=spec.device, precision=spec.precision, render=1,
+                     progress=progress)  # fmt: skip
+        sets.append(rigid_name)
+        labels[rigid_name] = "MAS + rigid bones"
+        seconds["MAS + rigid bones sampling"] = time.perf_counter() - t
     t = time.perf_counter()
-    evaluation = run_evaluation(ws, run, f"{spec.name}-eval", [mas_name], length=spec.length, n=spec.n,
+    evaluation = run_evaluation(ws, run, f"{spec.name}-eval", sets, length=spec.length, n=spec.n,
                                 repeats=spec.repeats, evaluator=spec.evaluator,
                                 evaluator_max_steps=spec.evaluator_max_steps, sds_iterations=spec.sds_iterations,
                                 device=spec.device, precision=spec.precision, seed=spec.seed,
                                 progress=progress)  # fmt: skip
     seconds["evaluation (SDS sampling, evaluator, scoring)"] = time.perf_counter() - t
-    table = evaluation.table.replace({mas_name: "MAS (5 views)"})
+    table = evaluation.table.replace(labels)
     evaluator_record = Catalog(ws).get("evaluator", evaluation.evaluator_folder.rsplit("/", 1)[-1])
     evaluator_meta = evaluator_record.meta if evaluator_record is not None else {}
     size = (evaluator_record.params or {}).get("config", {}) if evaluator_record is not None else {}

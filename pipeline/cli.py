@@ -319,9 +319,26 @@ def sample(
     orthographic: Annotated[bool, typer.Option(help="Orthographic instead of perspective cameras.")] = False,
     no_3d_noise: Annotated[bool, typer.Option(help="Ablation: independent noise per view.")] = False,
     dynamic_views: Annotated[bool, typer.Option(help="Re-sample views every step (appendix C).")] = False,
+    rigid_bones: Annotated[
+        bool,
+        typer.Option(
+            help="MAS: hold each sample's bone lengths fixed after every "
+            "triangulation (beyond the paper; off by default)."
+        ),
+    ] = False,
     sds_iterations: Annotated[int, typer.Option(min=1)] = 1000,
     annealed: Annotated[bool, typer.Option(help="SDS: anneal t from T to 0.")] = False,
     render: Annotated[int, typer.Option(min=0, help="Render this many samples as mp4 + views PNG.")] = 2,
+    rigid: Annotated[
+        bool,
+        typer.Option(
+            help="BVH with fixed bone lengths and joint rotations, feet on the floor "
+            "(--no-rigid: free points, position channels on every joint)."
+        ),
+    ] = True,
+    clean_feet: Annotated[
+        bool, typer.Option(help="Rigid export: hold the feet still while they touch the floor.")
+    ] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     seed: int = 0,
@@ -331,6 +348,7 @@ def sample(
     from models.checkpoint import CheckpointError
     from models.mas import MASConfig, SamplingError
     from models.sds import SDSConfig
+    from pipeline.rigid_export import ExportConfig
     from pipeline.sample_stage import run_sampling
 
     ws = open_workspace(workspace)
@@ -339,16 +357,21 @@ def sample(
         geometry = {"elevation": elevation, "distance": distance, "projection": projection, "distance_m": distance_m,
                     "subject_height_m": subject_height}  # fmt: skip
         mas_cfg = MASConfig(num_views=views, steps=steps, noise_3d=not no_3d_noise, dynamic_views=dynamic_views,
-                            **geometry)  # fmt: skip
+                            rigid_bones=rigid_bones, **geometry)  # fmt: skip
         sds_cfg = SDSConfig(iterations=sds_iterations, annealed=annealed, **geometry)
+        export = ExportConfig(rigid=rigid, clean_feet=clean_feet)
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
                               length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, precision=precision,
-                              render=render, force=force)  # fmt: skip
+                              render=render, force=force, export=export)  # fmt: skip
     except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
     note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s ({result.precision})"
     typer.echo(f"{len(result.motions)} motions {tuple(result.motions.shape)}{note}")
+    export = Catalog(ws).get("sample", result.name).meta.get("export", {})
+    if "fit_error_mean" in export:
+        typer.echo(f"export: {export['note']}; rigid joints {export['fit_error_mean']:.4f} body heights from the "
+                   f"sampled ones on average (max {export['fit_error_max']:.4f})")  # fmt: skip
     for path in result.paths:
         typer.echo(f"  {path}")
 
@@ -519,6 +542,7 @@ def benchmark_3d(
     evaluator_dim: EvaluatorDimOpt = 256,
     evaluator_ff: EvaluatorFFOpt = 1024,
     evaluator_steps: EvaluatorStepsOpt = 20000,
+    rigid_bones: Annotated[bool, typer.Option(help="Also sample MAS with fixed bone lengths and score it.")] = False,
     seed: int = 0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -538,7 +562,8 @@ def benchmark_3d(
                              skeleton=skeleton, fps=fps, length=length, test_fraction=test_fraction, seed=seed,
                              run=run, train=train_cfg, n=n, repeats=repeats, sds_iterations=sds_iterations,
                              evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
-                             evaluator_max_steps=evaluator_steps, device=device, precision=precision)  # fmt: skip
+                             evaluator_max_steps=evaluator_steps, device=device, precision=precision,
+                             rigid_bones=rigid_bones)  # fmt: skip
         result = run_benchmark_3d(ws, spec, log=typer.echo)
     except (CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""))

@@ -19,7 +19,7 @@ from models.mas import MASConfig
 from models.trainer import TrainConfig
 from pipeline import assets
 from pipeline.config import DetectorConfig, PoseConfig, Source
-from storage import Workspace
+from storage import Catalog, Workspace
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,10 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
     mas = run_sampling(ws, "demo", "demo-mas", num_samples=size.eval_n * size.repeats, length=size.length,
                        mas=MASConfig(), device=device, render=2)  # fmt: skip
     for path in mas.paths:
-        if path.endswith(("sample_00.mp4", "sample_00_views.png", "sample_00.bvh", "sample_01.mp4")):
+        if path.endswith(("sample_00.mp4", "sample_00_views.png", "sample_00.bvh", "sample_01.mp4", "rigid.npz",
+                          "sample_00_rigid.mp4", "sample_00_rigid.png")):  # fmt: skip
             shutil.copyfile(path, out / f"mas_{Path(path).name}")
+    export = Catalog(ws).get("sample", "demo-mas").meta.get("export", {})
     log("evaluating against the held-out test motions, with the floor, trivial baselines and plain SDS")
     evaluator = EvaluatorConfig(num_joints=1, latent_dim=size.evaluator_dim, ff_size=2 * size.evaluator_dim,
                                 num_layers=size.evaluator_layers)  # fmt: skip
@@ -165,13 +167,18 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
         motion_seconds=round(time.perf_counter() - start), eval_n=evaluation.n,
         mas_mpjpe=float(all_rows.loc["MAS (5 views)", "mpjpe"]), sds_mpjpe=float(all_rows.loc["SDS (plain)", "mpjpe"]),
         floor_mpjpe=float(all_rows.loc["real train motions (3D)", "mpjpe"]), ranking_failures=evaluation.warnings,
+        rigid_fit_error_mean=export.get("fit_error_mean"), rigid_fit_error_max=export.get("fit_error_max"),
     )  # fmt: skip
     report.sections.append(("2. 2D dataset → diffusion → MAS → 3D", (
         f"Dataset: {size.motions} procedural 3D motions ({size.length} frames); whole motions are held out as the "
         "test split BEFORE projection, the rest seen from one random camera each; only those 2D projections are "
         f"trained on.\n\nModel: {size.layers} layers, {size.latent_dim} d, {trained.step} steps, final loss "
         f"{trained.final_loss:.4f}.\n\n{len(mas.motions)} MAS samples in {mas.seconds:.1f} s.\n\n"
-        "Outputs: `mas_sample_00.bvh` (opens in Blender), `mas_sample_00.mp4`, `mas_sample_01.mp4`.")))  # fmt: skip
+        "As sampled: `mas_sample_00.mp4`, `mas_sample_01.mp4`.\n\n"
+        "Animation-ready export: `mas_sample_00.bvh` (opens in Blender), `mas_sample_00_rigid.mp4`, `mas_rigid.npz` "
+        "(rotations for retargeting): one bone length per motion, joint rotations and a root path, feet on the floor "
+        f"y = 0. {_export_text(export)}"
+        )))  # fmt: skip
     report.sections.append(
         (
             "3. Evaluation",
@@ -184,8 +191,18 @@ def run_motion_part(ws: Workspace, size: DemoSize, report: DemoReport, out: Path
         )
     )
     report.images += [("MAS sample 0 seen from the 5 MAS views", "mas_sample_00_views.png"),
+                      ("MAS sample 0 as sampled (free points) and as exported (rigid skeleton), two views",
+                       "mas_sample_00_rigid.png"),
                       ("Training loss", "loss.png"), ("Headline metrics: floor, trivial baselines, SDS, MAS",
                                                       "metrics.png")]  # fmt: skip
+
+
+def _export_text(export: dict) -> str:
+    if "fit_error_mean" not in export:
+        return "(no rigid export recorded)"
+    return (f"Rigid joints are {export['fit_error_mean']:.4f} body heights from the sampled ones on average (max "
+            f"{export['fit_error_max']:.4f}); largest change of a tree bone's length over time: "
+            f"{export['tree_bone_variation_max']:.1e}. Note: {export['note']}.")  # fmt: skip
 
 
 def write_report(report: DemoReport, out: Path, title: str) -> tuple[Path, Path]:

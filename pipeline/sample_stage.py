@@ -1,8 +1,13 @@
 """Stage 6: sample 3D motions (MAS or the SDS baseline) and write them with pictures and BVH files.
 
-``samples/<name>/``: ``motions.npz`` (``motions [S, L, J, 3]`` plus the parameters as JSON), ``sample_XX.bvh`` for
-human skeletons, ``sample_XX.mp4`` (orbiting camera) and ``sample_XX_views.png`` (the MAS views side by side) for
-the first ``render`` samples. The denoiser runs in the requested precision (``auto``: int8 on CPU, fp32 on GPU; see
+``samples/<name>/``: ``motions.npz`` (``motions [S, L, J, 3]`` as sampled, plus the parameters as JSON), the
+animation-ready export (:mod:`pipeline.rigid_export`: ``sample_XX.bvh`` with fixed bone lengths, root position and
+joint rotations, feet on the floor y = 0, and ``rigid.npz`` for retargeting), ``sample_XX.mp4`` (orbiting camera),
+``sample_XX_views.png`` (the MAS views side by side), ``sample_XX_rigid.mp4`` and ``sample_XX_rigid.png`` (the
+exported motion, and it beside the sampled one) for the first ``render`` samples. The export is derived from
+``motions.npz``: asking for other export settings on a finished sample set rewrites the export without sampling
+again. ``ExportConfig(rigid=False)`` writes the old free-point BVH (position channels on every joint) instead.
+The denoiser runs in the requested precision (``auto``: int8 on CPU, fp32 on GPU; see
 ``models/precision.py``), which is recorded with the parameters.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,13 +29,15 @@ from models.precision import resolve_precision, with_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 from pipeline.cameras import project, view_azimuths, view_rotations
+from pipeline.rigid_export import ExportConfig, write_rigid_outputs
 from pipeline.skeletons import get_skeleton
 from pipeline.visualize import azimuth_label, render_motion_3d, views_strip
 from storage import Catalog, Workspace, file_sha256, stage_key
 from storage.bvh import to_bvh
 from storage.locks import ArtifactLock
 
-HUMAN_SKELETONS = ("coco17", "coco17_ball", "nba16")
+HUMAN_SKELETONS = ("coco17", "coco17_ball", "nba16")  # the free-point BVH (ExportConfig(rigid=False)) is for these
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,10 +67,11 @@ def run_sampling(
     expected_skeleton: str | None = None,
     force: bool = False,
     progress: bool = True,
+    export: ExportConfig | None = None,
 ) -> SampleResult:
     if method not in ("mas", "sds"):
         raise SamplingError(f"unknown sampling method {method!r}; use 'mas' or 'sds'")
-    mas, sds = mas or MASConfig(), sds or SDSConfig()
+    mas, sds, export = mas or MASConfig(), sds or SDSConfig(), export or ExportConfig()
     ckpt = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
     catalog = Catalog(ws)
     folder = ws.samples_dir(name)
@@ -76,7 +85,16 @@ def run_sampling(
         with ws.local_copy(npz_path) as local:
             motions = np.load(local)["motions"]
         record = catalog.get("sample", name)
-        return SampleResult(name, motions, [ws.absolute(p) for p in record.outputs], 0.0, True, precision)
+        paths = [ws.absolute(p) for p in record.outputs]
+        if record.meta.get("export", {}).get("settings") != export.to_dict():  # same samples, other export
+            with ws.local_copy(ws.absolute(record.outputs[0])) as local:
+                skeleton = get_skeleton(str(np.load(local)["skeleton"]))
+            fps = load_trained_model(ws, run, "cpu").fps if ws.exists(ckpt) else 30.0
+            written, summary = _write_export(ws, folder, motions, skeleton, fps, export)
+            paths = [p for p in paths if not p.endswith((".bvh", "rigid.npz"))] + written
+            record = catalog.mark_done("sample", name, key=key, outputs=paths, params=record.params,
+                                       meta={"export": summary})  # fmt: skip
+        return SampleResult(name, motions, paths, 0.0, True, precision)
 
     trained = load_trained_model(ws, run, dev)
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
@@ -97,44 +115,79 @@ def run_sampling(
                 motions = sds_sample(trained, num_samples, length, sds, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
             motions_np = motions.float().cpu().numpy()
-            paths = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
-                                   mas.camera_distance(trained.mean))  # fmt: skip
+            paths, summary = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
+                                            export, mas.camera_distance(trained.mean))  # fmt: skip
         except BaseException as exc:
             catalog.mark_failed("sample", name, exc, key=key)
             raise
         meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples,
-                "precision": precision}  # fmt: skip
+                "precision": precision, "export": summary}  # fmt: skip
         catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
     return SampleResult(name, motions_np, paths, seconds, precision=precision)
 
 
-def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig, distance) -> list[str]:
+def _write_export(ws, folder, motions, skeleton, fps, export: ExportConfig):
+    """BVH (+ rigid.npz) files; returns their paths and the export summary (logged, and kept in the catalog)."""
+    if export.rigid:
+        paths, summary, _ = write_rigid_outputs(ws, folder, motions, skeleton, fps, export)
+        log.info("sample export: %s; rigid joints %.4f body heights from the sampled ones on average (max %.4f)",
+                 summary["note"], summary["fit_error_mean"], summary["fit_error_max"])  # fmt: skip
+        return paths, summary
     paths = []
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, motions=motions, params=np.array(json.dumps(params)), skeleton=np.array(skeleton.name))
-    paths.append(ws.write_bytes(f"{folder}/motions.npz", buffer.getvalue()))
     if skeleton.name in HUMAN_SKELETONS:
         for i, motion in enumerate(motions):
             body = motion[:, skeleton.body_joints]
             text = to_bvh(body, tuple(skeleton.joints[j] for j in skeleton.body_joints), skeleton.bones, skeleton.root,
                           fps)  # fmt: skip
             paths.append(ws.write_text(f"{folder}/sample_{i:02d}.bvh", text))
+    return paths, {"note": "free-point BVH (position channels on every joint)", "settings": export.to_dict()}
+
+
+def _views(motion, rotations, mas: MASConfig, root: list[int], distance: float | None) -> np.ndarray:
+    """``[V, L, J, 2]``: the motion, centred on its mean root point, seen by the MAS cameras (``distance`` in data
+    units, from :meth:`MASConfig.camera_distance`)."""
+    centred = torch.as_tensor(motion - motion[:, root].mean(axis=(0, 1)), dtype=torch.float64)
+    try:
+        return project(centred, rotations, distance, mas.projection).numpy()
+    except ValueError:  # a motion reaching past the camera (a diverged sample): show it orthographically
+        return project(centred, rotations, None, "orthographic").numpy()
+
+
+def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig, export: ExportConfig,
+                   distance: float | None):  # fmt: skip
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, motions=motions, params=np.array(json.dumps(params)), skeleton=np.array(skeleton.name))
+    paths = [ws.write_bytes(f"{folder}/motions.npz", buffer.getvalue())]
+    exported, summary = _write_export(ws, folder, motions, skeleton, fps, export)
+    paths += exported
+    rigid = None
+    if export.rigid and render:
+        with ws.local_copy(f"{folder}/rigid.npz") as local:
+            rigid = np.load(local)["positions"][:render]
     rotations = view_rotations(mas.num_views, mas.elevation)
     titles = [azimuth_label(a) for a in view_azimuths(mas.num_views)]
+    root = list(skeleton.root)
     for i, motion in enumerate(motions[:render]):
         with ws.atomic_path(f"{folder}/sample_{i:02d}.mp4") as tmp:
             render_motion_3d(motion, skeleton, tmp, fps=fps, title=f"sample {i}")
         paths.append(f"{folder}/sample_{i:02d}.mp4")
-        centred = motion - motion[:, list(skeleton.root)].mean(axis=(0, 1))
-        centred_t = torch.as_tensor(centred, dtype=torch.float64)
-        try:
-            views = project(centred_t, rotations, distance, mas.projection).numpy()
-        except ValueError:  # a motion reaching past the camera (a diverged sample): show it orthographically
-            views = project(centred_t, rotations, None, "orthographic").numpy()
+        views = _views(motion, rotations, mas, root, distance)
         with ws.atomic_path(f"{folder}/sample_{i:02d}_views.png") as tmp:
             views_strip(views, skeleton, tmp, titles=titles)
         paths.append(f"{folder}/sample_{i:02d}_views.png")
-    return paths
+        if rigid is None:
+            continue
+        with ws.atomic_path(f"{folder}/sample_{i:02d}_rigid.mp4") as tmp:
+            render_motion_3d(rigid[i], skeleton, tmp, fps=fps, title=f"sample {i}, rigid")
+        paths.append(f"{folder}/sample_{i:02d}_rigid.mp4")
+        pair = (motion[:, skeleton.body_joints], rigid[i])
+        both = _views(pair[0], rotations[:2], mas, root, distance), _views(pair[1], rotations[:2], mas, root, distance)
+        rows = np.stack([both[k][v] for v in range(len(both[0])) for k in range(2)])
+        labels = [f"{kind}, {titles[v]}" for v in range(len(both[0])) for kind in ("sampled", "rigid")]
+        with ws.atomic_path(f"{folder}/sample_{i:02d}_rigid.png") as tmp:
+            views_strip(rows, skeleton, tmp, titles=labels)
+        paths.append(f"{folder}/sample_{i:02d}_rigid.png")
+    return paths, summary
 
 
 ABLATIONS: dict[str, dict] = {

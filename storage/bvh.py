@@ -92,11 +92,89 @@ def to_bvh(
     return "\n".join(lines) + "\n"
 
 
+def matrix_to_euler_zxy(rot: np.ndarray) -> np.ndarray:
+    """Degrees ``[..., 3]`` (z, x, y) with ``rot = Rz(z) @ Rx(x) @ Ry(y)``: the BVH channels ``Zrotation Xrotation
+    Yrotation`` as Blender and other readers apply them. For ``[L, K, 3, 3]`` the angles are unwrapped over time (the
+    first axis) so curves do not jump by 360 degrees."""
+    r = np.asarray(rot, np.float64)
+    x = np.arcsin(np.clip(r[..., 2, 1], -1.0, 1.0))
+    gimbal = np.abs(r[..., 2, 1]) > 1 - 1e-9
+    z = np.where(gimbal, np.arctan2(r[..., 1, 0], r[..., 0, 0]), np.arctan2(-r[..., 0, 1], r[..., 1, 1]))
+    y = np.where(gimbal, 0.0, np.arctan2(-r[..., 2, 0], r[..., 2, 2]))
+    angles = np.stack([z, x, y], -1)
+    if angles.ndim >= 3:
+        angles = np.unwrap(angles, axis=0)
+    return np.degrees(angles)
+
+
+def _axis_rotation(axis: str, degrees: np.ndarray) -> np.ndarray:
+    a = np.radians(degrees)
+    c, s, o, i = np.cos(a), np.sin(a), np.zeros_like(a), np.ones_like(a)
+    rows = {"X": [i, o, o, o, c, -s, o, s, c], "Y": [c, o, s, o, i, o, -s, o, c], "Z": [c, -s, o, s, c, o, o, o, i]}
+    return np.stack(rows[axis], -1).reshape(*a.shape, 3, 3)
+
+
+def to_rotation_bvh(
+    names: tuple[str, ...],
+    parents: tuple[int, ...],
+    offsets: np.ndarray,
+    end_sites: np.ndarray,
+    root: np.ndarray,
+    local: np.ndarray,
+    fps: float,
+    scale: float = 100.0,
+) -> str:
+    """BVH text of a rig: constant ``offsets [K, 3]`` (node 0 is the root; parents before children), the root path
+    ``root [L, 3]`` (position channels on the root only) and local rotations ``local [L, K, 3, 3]`` (``Zrotation
+    Xrotation Yrotation`` channels on every joint). ``end_sites [K, 3]``: End Site offsets of leaf nodes. Units:
+    the motion's times ``scale`` (about centimetres for body-height units)."""
+    offsets, end_sites = np.asarray(offsets, np.float64) * scale, np.asarray(end_sites, np.float64) * scale
+    root, local = np.asarray(root, np.float64) * scale, np.asarray(local, np.float64)
+    k = len(names)
+    if offsets.shape != (k, 3) or root.ndim != 2 or local.shape != (len(root), k, 3, 3):
+        raise ValueError(f"rotation BVH: shapes do not fit {k} joints: offsets {offsets.shape}, root {root.shape}, "
+                         f"rotations {local.shape}")  # fmt: skip
+    if not (np.isfinite(root).all() and np.isfinite(local).all() and np.isfinite(offsets).all()):
+        raise ValueError("rotation BVH: the motion holds NaN or inf values")
+    children: dict[int, list[int]] = {j: [] for j in range(k)}
+    for j, p in enumerate(parents[1:], start=1):
+        children[p].append(j)
+    lines = ["HIERARCHY"]
+    order: list[int] = []
+
+    def write(j: int, depth: int) -> None:
+        pad = "\t" * depth
+        o = offsets[j]
+        head = f"ROOT {names[j]}" if j == 0 else f"{pad}JOINT {names[j]}"
+        channels = "CHANNELS 6 Xposition Yposition Zposition" if j == 0 else "CHANNELS 3"
+        lines.extend([head, f"{pad}{{", f"{pad}\tOFFSET {o[0]:.6f} {o[1]:.6f} {o[2]:.6f}",
+                      f"{pad}\t{channels} Zrotation Xrotation Yrotation"])  # fmt: skip
+        order.append(j)
+        for child in children[j]:
+            write(child, depth + 1)
+        if not children[j]:
+            e = end_sites[j]
+            lines.extend([f"{pad}\tEnd Site", f"{pad}\t{{", f"{pad}\t\tOFFSET {e[0]:.6f} {e[1]:.6f} {e[2]:.6f}",
+                          f"{pad}\t}}"])  # fmt: skip
+        lines.append(f"{pad}}}")
+
+    write(0, 0)
+    angles = matrix_to_euler_zxy(local[:, order])  # [L, K, 3]
+    lines += ["MOTION", f"Frames: {len(root)}", f"Frame Time: {1.0 / fps:.6f}"]
+    for f in range(len(root)):
+        values = np.concatenate([root[f], angles[f].ravel()])
+        lines.append(" ".join(f"{v:.6f}" for v in values))
+    return "\n".join(lines) + "\n"
+
+
 def read_bvh_positions(text: str) -> tuple[list[str], np.ndarray]:
-    """Joint names and world positions ``[L, J, 3]`` of a BVH written by :func:`to_bvh` (position channels only)."""
+    """Joint names and world positions ``[L, J, 3]`` of a BVH file (any channels; position channels of a joint
+    replace its OFFSET, rotations apply in the order of the CHANNELS line)."""
     header, motion = text.split("MOTION")
     names: list[str] = []
     parents: list[int] = []
+    offsets: list[list[float]] = []
+    channels: list[list[str]] = []
     stack: list[int | None] = []
     pending: int | None = None
     for line in header.splitlines():
@@ -106,6 +184,8 @@ def read_bvh_positions(text: str) -> tuple[list[str], np.ndarray]:
         if words[0] in ("ROOT", "JOINT"):
             parents.append(next((s for s in reversed(stack) if s is not None), -1))
             names.append(words[1])
+            offsets.append([0.0, 0.0, 0.0])
+            channels.append([])
             pending = len(names) - 1
         elif words[0] == "End":
             pending = None
@@ -113,9 +193,26 @@ def read_bvh_positions(text: str) -> tuple[list[str], np.ndarray]:
             stack.append(pending)
         elif words[0] == "}":
             stack.pop()
+        elif words[0] == "OFFSET" and stack and stack[-1] is not None:
+            offsets[stack[-1]] = [float(v) for v in words[1:4]]
+        elif words[0] == "CHANNELS":
+            channels[-1] = words[2:]
     rows = motion.strip().splitlines()[2:]
-    local = np.array([[float(v) for v in row.split()] for row in rows]).reshape(len(rows), len(names), 6)[..., :3]
-    world = np.zeros_like(local)
+    values = np.array([[float(v) for v in row.split()] for row in rows]).reshape(len(rows), -1)
+    world = np.zeros((len(rows), len(names), 3))
+    world_rot = np.zeros((len(rows), len(names), 3, 3))
+    column = 0
     for j, p in enumerate(parents):  # parents come before children in the file
-        world[:, j] = local[:, j] + (world[:, p] if p >= 0 else 0.0)
+        translation = np.broadcast_to(np.array(offsets[j]), (len(rows), 3)).copy()
+        rotation = np.broadcast_to(np.eye(3), (len(rows), 3, 3)).copy()
+        for channel in channels[j]:
+            v = values[:, column]
+            column += 1
+            if channel.endswith("position"):
+                translation[:, "XYZ".index(channel[0])] = v
+            else:
+                rotation = rotation @ _axis_rotation(channel[0], v)
+        parent_rot = world_rot[:, p] if p >= 0 else np.eye(3)
+        world[:, j] = (world[:, p] if p >= 0 else 0.0) + (parent_rot @ translation[..., None])[..., 0]
+        world_rot[:, j] = parent_rot @ rotation
     return names, world

@@ -60,15 +60,18 @@ def test_demo_tiny_end_to_end_on_a_prefect_server(tmp_path, prefect_server):
         "mpjpe_precision",
         "mpjpe_coverage",
         "Ranking check",
+        "Animation-ready export",
+        "mas_sample_00_rigid.png",
     )
     for row in rows:
         assert row in text, row
     for name in ("overlay.png", "overlay.mp4", "mas_sample_00.mp4", "mas_sample_00_views.png", "loss.png",
-                 "metrics.png", "report.html"):  # fmt: skip
+                 "metrics.png", "report.html", "mas_sample_00_rigid.png", "mas_sample_00_rigid.mp4",
+                 "mas_rigid.npz"):  # fmt: skip
         assert (report / name).stat().st_size > 1000, name
     assert cv2.imread(str(report / "overlay.png")) is not None
     names, positions = read_bvh_positions((report / "mas_sample_00.bvh").read_text())
-    assert positions.shape == (24, 18, 3) and "left_knee" in names
+    assert positions.shape == (24, 28, 3) and "left_knee" in names  # rig: root + 17 joints + 10 helper joints
     assert Path(workspace / "catalog" / "sample" / "demo-mas.json").exists()
 
     read = subprocess.run([sys.executable, "-c", READ], env=env, capture_output=True, text=True, timeout=120)

@@ -208,10 +208,12 @@ def test_benchmark_3d_on_a_users_npz_in_one_command(tmp_path):
     args = ["benchmark-3d", "--motions", str(tmp_path / "mocap.npz"), "--skeleton", "coco17", "-w", ws,
             "--name", "mocap", "--length", "16", "--test-fraction", "0.3", "--steps", "20", "--layers", "1",
             "--latent-dim", "32", "--n", "8", "--repeats", "1", "--sds-iterations", "5", "--evaluator-layers", "1",
-            "--evaluator-dim", "32", "--evaluator-ff", "64", "--evaluator-steps", "20", "--device", "cpu"]  # fmt: skip
+            "--evaluator-dim", "32", "--evaluator-ff", "64", "--evaluator-steps", "20", "--device", "cpu",
+            "--rigid-bones"]  # fmt: skip
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     for text in ("resampled to 30 fps", "real train motions (3D)", "frozen mean pose", "SDS (plain)", "MAS (5 views)",
+                 "MAS + rigid bones",
                  "3D metrics against the held-out 3D motions", "benchmark.md"):  # fmt: skip
         assert text in out.output, text
     report = (tmp_path / "ws" / "evaluations" / "mocap-eval" / "benchmark.md").read_text()

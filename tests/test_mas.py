@@ -196,3 +196,29 @@ def test_mas_and_sds_take_the_camera_distance_in_metres():
     flat = _trained(Constant(0.0, 17))  # a mean pose with no height cannot convert metres
     with pytest.raises(SamplingError, match="no height"):
         mas_sample(flat, 1, 8, MASConfig(num_views=2, steps=2, distance_m=5.0))
+
+
+def test_mas_rigid_bones_option_holds_bone_lengths(known_motions):
+    """The skeleton-aware option: the oracle's rigid motion comes back unchanged, a stretched one comes back with
+    constant bone lengths (and plain MAS keeps the stretch)."""
+    from pipeline.rigid import bone_variation, build_rig
+    from pipeline.skeletons import COCO17
+
+    views = 4
+    cfg = MASConfig(num_views=views, steps=10, rigid_bones=True)
+    assert cfg.to_dict()["rigid_bones"] is True and "rigid_bones" not in MASConfig().to_dict()  # old keys unchanged
+    rot = torch.tensor(view_rotations(views, cfg.elevation), dtype=torch.float32)
+    rig = build_rig(COCO17)
+    scale = 1 + 0.1 * torch.randn(known_motions.shape[:3], generator=torch.Generator().manual_seed(0))[..., None]
+    stretched = known_motions * scale  # about 10% length noise per joint and frame
+    for motions, rigid_in in ((known_motions, True), (stretched, False)):
+        trained = _trained(None)
+        trained.model = Oracle(trained.normalise(project(motions, rot, 7.0, "perspective")), joints=17)
+        out = mas_sample(trained, num_samples=3, length=20, config=cfg, seed=0)
+        plain = mas_sample(trained, num_samples=3, length=20, config=MASConfig(num_views=views, steps=10), seed=0)
+        assert bone_variation(out, rig).max() < 1e-5
+        if rigid_in:
+            torch.testing.assert_close(out, known_motions, atol=2e-4, rtol=0)
+        else:
+            assert bone_variation(plain, rig).min() > 0.1
+            assert (out - plain).norm(dim=-1).mean() < 0.05  # near the triangulated motion, only made rigid

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 from models.mas import SamplingError
 from models.trainer import TrainConfig
 from pipeline.cli import app
+from pipeline.rigid_export import ExportConfig
 from pipeline.sample_stage import run_sampling
 from pipeline.skeletons import COCO17, NBA16
 from pipeline.synthetic import generate_motions
@@ -49,13 +50,29 @@ def test_sampling_writes_outputs_and_is_idempotent(trained_ws):
     first = run_sampling(trained_ws, "tiny", "s1", num_samples=2, length=16, render=1, progress=False, device="cpu")
     assert first.motions.shape == (2, 16, 17, 3) and np.isfinite(first.motions).all() and not first.skipped
     names = sorted(p.rsplit("/", 1)[1] for p in first.paths)
-    assert names == ["motions.npz", "sample_00.bvh", "sample_00.mp4", "sample_00_views.png", "sample_01.bvh"]
+    assert names == ["motions.npz", "rigid.npz", "sample_00.bvh", "sample_00.mp4", "sample_00_rigid.mp4",
+                     "sample_00_rigid.png", "sample_00_views.png", "sample_01.bvh"]  # fmt: skip
+    rigid = np.load(next(p for p in first.paths if p.endswith("rigid.npz")))
+    assert rigid["positions"].shape == (2, 16, 17, 3) and rigid["rotations"].shape == (2, 16, 28, 4)
+    names, world = read_bvh_positions(open(next(p for p in first.paths if p.endswith("sample_01.bvh"))).read())
+    joints = [names.index(str(j)) for j in rigid["joint_names"]]
+    np.testing.assert_allclose(world[:, joints] / 100, rigid["positions"][1], atol=1e-5)  # the BVH is the npz
+    record = Catalog(trained_ws).get("sample", "s1")
+    assert "coco17 is not a tree" in record.meta["export"]["note"]
+    assert record.meta["export"]["tree_bone_variation_max"] < 1e-9 and record.meta["export"]["fit_error_max"] < 1.0
     video = cv2.VideoCapture(next(p for p in first.paths if p.endswith(".mp4")))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 16
     ok, frame = video.read()
     assert ok and frame.std() > 5  # something was drawn
     again = run_sampling(trained_ws, "tiny", "s1", num_samples=2, length=16, render=1, progress=False, device="cpu")
     assert again.skipped and np.array_equal(again.motions, first.motions)
+    free = run_sampling(trained_ws, "tiny", "s1", num_samples=2, length=16, render=1, progress=False, device="cpu",
+                        export=ExportConfig(rigid=False))  # fmt: skip
+    assert free.skipped and not any(p.endswith("rigid.npz") for p in free.paths)  # re-exported, not re-sampled
+    names, world = read_bvh_positions(open(next(p for p in free.paths if p.endswith("sample_00.bvh"))).read())
+    np.testing.assert_allclose(world[:, 1:] / 100, first.motions[0][:, [COCO17.index(n) for n in names[1:]]],
+                               atol=1e-5)  # fmt: skip
+    assert Catalog(trained_ws).get("sample", "s1").meta["export"]["settings"]["rigid"] is False
     other = run_sampling(trained_ws, "tiny", "s1", num_samples=2, length=16, render=0, seed=1, progress=False,
                          device="cpu")  # fmt: skip
     assert not other.skipped  # new parameters invalidate the finished record
@@ -79,6 +96,7 @@ def test_cli_train_and_sample(trained_ws):
                               "5", "--render", "0", "--device", "cpu"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "(1, 8, 17, 3)" in out.stdout and "(int8)" in out.stdout  # auto precision on CPU
+    assert "export: skeleton coco17 is not a tree" in out.stdout
     bad = runner.invoke(app, ["sample", "--run", "cli", "-w", ws, "--device", "cpu", "--precision", "fp16"])
     assert bad.exit_code == 2 and "unknown precision 'fp16'" in bad.output
     missing = runner.invoke(app, ["sample", "--run", "nope", "-w", ws])
