@@ -42,7 +42,7 @@ CONDITIONS = {
 def video_path(name: str) -> str:
     if name == "sports2d":
         return str(assets.demo_video())
-    demo, cam = name.split("/")
+    _, demo, cam = name.split("/")  # pose2sim/<demo>/<camera>
     return str(assets.wheel_file(*POSE2SIM, f"Pose2Sim/{demo}/videos/{cam}.mp4"))
 
 

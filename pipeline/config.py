@@ -67,6 +67,9 @@ class TrackCleanupConfig(_Strict):
         default=0.5, gt=0, le=1, description="share of the shorter track's frames that must be duplicate boxes"
     )
     stitch_max_gap: int = Field(default=30, ge=0, description="longest gap (frames) a stitch may bridge; 0: off")
+    stitch_max_overlap: int = Field(
+        default=3, ge=0, description="a tracklet may start this many frames before the other ends (same place, size)"
+    )
     stitch_max_distance: float = Field(
         default=0.75, gt=0, description="largest miss of the extrapolated motion, in box heights"
     )

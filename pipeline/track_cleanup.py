@@ -11,8 +11,10 @@ camera). Three passes over the ``tracks`` table fix that, in this order:
    subjects of the pose2sim recordings, while duplicate boxes of one subject have a median IoU of 0.65).
 2. **Stitching**: a tracklet that ends and another that starts within ``stitch_max_gap`` frames, never overlapping in
    time, are one subject when the start lies where the end's motion leads (constant-velocity extrapolation, in box
-   heights), the box sizes agree and, when crops were seen, their colour histograms agree. Greedy, cheapest link first;
-   a track has at most one successor and one predecessor, so chains never overlap in time.
+   heights), the box sizes agree and, when crops were seen, their colour histograms agree; or when the second starts in
+   the first one's last ``stitch_max_overlap`` frames at the same place and size (a handover between two ids). Greedy,
+   cheapest link first; a track has at most one successor and one predecessor, so the pieces of a chain never overlap
+   in time beyond such a handover, where the more confident box is kept.
 3. **Still tracks**: a track of at least ``static_min_seconds`` whose box centre barely moves over its life (robust
    span over box height) is not a moving subject (a floor cylinder, a still bystander) and is dropped; so is one that
    moves a little more but that the detector is unsure of all along (:func:`still_tracks`).
@@ -169,10 +171,16 @@ def _ends(rows: pd.DataFrame, hists: np.ndarray | None, window: int) -> _Ends:
 
 
 def _link_cost(a: _Ends, b: _Ends, cfg: TrackCleanupConfig) -> float | None:
-    """Cost of ``b`` continuing ``a`` (``b`` starts after ``a`` ends), None when the link is implausible."""
+    """Cost of ``b`` continuing ``a`` (``b`` starts after ``a`` ends, or in its last ``stitch_max_overlap`` frames at
+    the same place: the tracker gave a re-detected subject a new id before dropping the old one), None when the link
+    is implausible."""
     gap = b.start - a.end
-    if gap <= 0 or gap > cfg.stitch_max_gap:
+    if gap > cfg.stitch_max_gap or gap <= -cfg.stitch_max_overlap or b.end <= a.end or b.start <= a.start:
         return None
+    if gap <= 0:  # a handover: both boxes on one subject for a few frames
+        height = max((a.last[2] + b.first[2]) / 2, 1.0)
+        same = np.linalg.norm(b.first[:2] - a.last[:2]) / height <= min(cfg.stitch_max_distance, 0.25)
+        return 0.0 if same and abs(np.log(max(b.first[2], 1.0) / max(a.last[2], 1.0))) < np.log(1.25) else None
     height = max((a.last[2] + b.first[2]) / 2, 1.0)
     if abs(np.log(max(b.first[2], 1.0) / max(a.last[2], 1.0))) > np.log(cfg.stitch_max_size_ratio):
         return None
@@ -223,6 +231,8 @@ def stitch_tracklets(
             t = successor[t]
             label[t] = head
     out = tracked.assign(track_id=tracked["track_id"].map(lambda t: label.get(int(t), int(t))))
+    # a handover leaves two boxes of one track in a frame or two: keep the more confident one
+    out = out.sort_values("score", ascending=False, kind="stable").drop_duplicates(["track_id", "frame"]).sort_index()
     return out, len(successor)
 
 
