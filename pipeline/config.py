@@ -49,6 +49,46 @@ class DownloadConfig(_Strict):
     backoff_s: float = Field(default=2.0, ge=0)
 
 
+class TrackCleanupConfig(_Strict):
+    """Post-tracking cleanup (``pipeline.track_cleanup``): duplicates, tracklet stitching, static tracks.
+
+    Defaults were set on real footage (``benchmarks/bench_tracking.py``); a None or 0 turns a pass off."""
+
+    duplicate_iou: float | None = Field(default=0.55, gt=0, le=1, description="boxes this overlapped are one subject")
+    duplicate_containment: float = Field(
+        default=0.9, gt=0, le=1, description="... or when this share of the smaller box lies inside the other"
+    )
+    duplicate_contained_min_iou: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="... and their IoU is at least this (a far person inside a near one's box is no duplicate)",
+    )
+    duplicate_min_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="share of the shorter track's frames that must be duplicate boxes"
+    )
+    stitch_max_gap: int = Field(default=30, ge=0, description="longest gap (frames) a stitch may bridge; 0: off")
+    stitch_max_overlap: int = Field(
+        default=3, ge=0, description="a tracklet may start this many frames before the other ends (same place, size)"
+    )
+    stitch_max_distance: float = Field(
+        default=0.75, gt=0, description="largest miss of the extrapolated motion, in box heights"
+    )
+    stitch_max_size_ratio: float = Field(default=1.5, gt=1, description="largest box height ratio across a stitch")
+    stitch_max_appearance: float | None = Field(
+        default=0.5, gt=0, le=1, description="largest colour-histogram (Bhattacharyya) distance; None: no colour cue"
+    )
+    stitch_window: int = Field(default=10, ge=2, description="frames at each tracklet end used for motion and colour")
+    static_max_motion: float | None = Field(
+        default=0.05, gt=0, description="tracks whose box centre moves less (5-95% span, in box heights) are static"
+    )
+    weak_max_motion: float | None = Field(
+        default=0.1, gt=0, description="... and tracks moving less than this with a mean score below weak_max_score"
+    )
+    weak_max_score: float = Field(default=0.45, gt=0, le=1)
+    static_min_seconds: float = Field(default=1.0, gt=0, description="shorter tracks are not judged static")
+
+
 class DetectorConfig(_Strict):
     weights: str = Field(default="yolo11n.pt", min_length=1, description="Ultralytics weights name or path")
     trust_weights: bool = Field(
@@ -63,6 +103,10 @@ class DetectorConfig(_Strict):
     class_names: dict[str, str] | None = Field(
         default=None, description="map the model's class names onto ours, e.g. {Normal: person, Fall: person}"
     )
+    agnostic_nms: bool | None = Field(
+        default=None, description="class-agnostic NMS; None: on when several model classes map to one of ours"
+    )
+    cleanup: TrackCleanupConfig = TrackCleanupConfig()
 
     @field_validator("classes")
     @classmethod

@@ -17,9 +17,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import DetectorConfig
+from pipeline.track_cleanup import HIST_BINS, appearance_histogram, clean_tracks
 from pipeline.video import probe_video
 from storage import Catalog, Workspace, stage_key
-from storage.tables import write_tracks
+from storage.tables import TRACK_COLUMNS, write_tracks
 
 TRACKER_FILES = {"bytetrack": "bytetrack.yaml", "botsort": "botsort.yaml"}
 UNTRACKED_CLASSES = ("sports ball",)
@@ -70,6 +71,47 @@ def resolve_class_ids(model_names: dict[int, str], wanted: list[str], aliases: d
     return mapping
 
 
+def use_agnostic_nms(class_map: dict[int, str], setting: bool | None) -> bool:
+    """Class-agnostic NMS when asked, or (setting None) when two model classes map onto one of ours: per-class NMS
+    would keep both boxes of one person (e.g. Normal and Fall), and the tracker would follow each as a subject."""
+    if setting is not None:
+        return setting
+    names = list(class_map.values())
+    return len(names) != len(set(names))
+
+
+def run_tracker(model, path: str, cfg: DetectorConfig, video_id: str, progress: bool = True,
+                frames: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
+    """Raw tracker output for one video file: the tracks table and one colour histogram per row (for stitching)."""
+    class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
+    rows, hists = [], []
+    stream = model.track(
+        source=path, stream=True, persist=True, tracker=TRACKER_FILES[cfg.tracker], classes=sorted(class_map),
+        conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, batch=cfg.batch, verbose=False,
+        agnostic_nms=use_agnostic_nms(class_map, cfg.agnostic_nms),
+    )  # fmt: skip
+    for frame, result in enumerate(tqdm(stream, total=frames, desc=f"track {video_id}", disable=not progress,
+                                        unit="frame")):  # fmt: skip
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            continue
+        xyxy = boxes.xyxy.cpu().numpy()
+        cls = boxes.cls.cpu().numpy().astype(int)
+        score = boxes.conf.cpu().numpy()
+        ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else np.full(len(cls), -1)
+        for k in range(len(cls)):
+            name = class_map.get(int(cls[k]))
+            if name is None or (ids[k] < 0 and name not in UNTRACKED_CLASSES):
+                continue
+            untracked = name in UNTRACKED_CLASSES
+            rows.append((video_id, frame, -1 if untracked else int(ids[k]), name, float(score[k]),
+                         *map(float, xyxy[k])))  # fmt: skip
+            hists.append(np.zeros(np.prod(HIST_BINS), np.float32) if untracked
+                         else appearance_histogram(result.orig_img, xyxy[k]))  # fmt: skip
+    table = pd.DataFrame(rows, columns=TRACK_COLUMNS)
+    return table, np.asarray(hists, np.float32).reshape(len(rows), int(np.prod(HIST_BINS)))
+
+
 @dataclass
 class TrackResult:
     video_id: str
@@ -81,7 +123,10 @@ class TrackResult:
 
 def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, force: bool = False,
                 progress: bool = True) -> TrackResult:  # fmt: skip
-    """Detect and track one video of the workspace, writing ``tracks/<video_id>.parquet``."""
+    """Detect and track one video of the workspace, clean the tracks up, write ``tracks/<video_id>.parquet``.
+
+    The catalog record's meta counts what the cleanup did (``cleanup``: raw tracks, merged duplicates, stitched
+    tracklets, rejected tracks by reason)."""
     catalog = Catalog(ws)
     video = catalog.get("video", video_id)
     if video is None or video.status != "done":
@@ -93,38 +138,18 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
     catalog.mark_running("tracks", video_id, key=key)
     try:
         model = model or load_yolo(cfg.weights, trusted=cfg.trust_weights)
-        class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             info = probe_video(local)
-            rows = []
-            stream = model.track(
-                source=local, stream=True, persist=True, tracker=TRACKER_FILES[cfg.tracker],
-                classes=sorted(class_map), conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, batch=cfg.batch,
-                verbose=False,
-            )  # fmt: skip
-            for frame, result in enumerate(tqdm(stream, total=info.frames, desc=f"track {video_id}",
-                                                disable=not progress, unit="frame")):  # fmt: skip
-                boxes = result.boxes
-                if boxes is None or len(boxes) == 0:
-                    continue
-                xyxy = boxes.xyxy.cpu().numpy()
-                cls = boxes.cls.cpu().numpy().astype(int)
-                score = boxes.conf.cpu().numpy()
-                ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else np.full(len(cls), -1)
-                for k in range(len(cls)):
-                    name = class_map.get(int(cls[k]))
-                    if name is None or (ids[k] < 0 and name not in UNTRACKED_CLASSES):
-                        continue
-                    rows.append((video_id, frame, int(ids[k]) if name not in UNTRACKED_CLASSES else -1, name,
-                                 float(score[k]), *map(float, xyxy[k])))  # fmt: skip
-        table = pd.DataFrame(rows, columns=["video_id", "frame", "track_id", "class", "score", "x1", "y1", "x2", "y2"])
+            raw, hists = run_tracker(model, local, cfg, video_id, progress, info.frames)
+        table, report = clean_tracks(raw, cfg.cleanup, info.fps, hists)
         path = write_tracks(ws, video_id, table, {"fps": info.fps, "width": info.width, "height": info.height,
                                                   "frames": info.frames, "weights": cfg.weights,
-                                                  "tracker": cfg.tracker})  # fmt: skip
+                                                  "tracker": cfg.tracker, "cleanup": report.as_meta()})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("tracks", video_id, exc, key=key)
         return TrackResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     tracked = table[table["track_id"] >= 0]
-    meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames}
+    meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames,
+            "cleanup": report.as_meta()}  # fmt: skip
     catalog.mark_done("tracks", video_id, key=key, outputs=[path], params=cfg.model_dump(), meta=meta)
     return TrackResult(video_id, "done", meta["tracks"], meta["detections"])

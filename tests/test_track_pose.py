@@ -35,7 +35,9 @@ def test_two_persistent_tracks_on_real_footage(tracked_demo):
     tracks, meta = read_tracks(ws, video_id)
     assert meta["fps"] == 30.0 and meta["frames"] == 120
     lengths = tracks.groupby("track_id").size().sort_values(ascending=False)
-    assert len(lengths) >= 2 and (lengths.iloc[:2] >= 60).all(), lengths.to_dict()  # two people, tracked for >2 s
+    assert len(lengths) == 2 and (lengths >= 60).all(), lengths.to_dict()  # two people, tracked for >2 s, no copies
+    cleanup = Catalog(ws).get("tracks", video_id).meta["cleanup"]  # what the cleanup did, counted by reason
+    assert cleanup["tracks"] == 2 and cleanup == meta["cleanup"] and isinstance(cleanup["rejected"], dict)
     assert track_video(ws, video_id, cfg, progress=False).status == "skipped"  # finished work is not redone
 
 
