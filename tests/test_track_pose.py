@@ -199,3 +199,29 @@ def test_gymnastics_ball_becomes_the_18th_joint(tmp_path):
     ball = poses[["ball_x", "ball_y", "ball_c"]].to_numpy()
     np.testing.assert_allclose(ball[[0, 1, 2, 4, 5]], [[65.0, 25.0, 0.8]] * 5, rtol=1e-6)  # the nearer ball
     assert ball[3, 2] == 0.0 and np.isnan(ball[3, :2]).all()  # no ball seen: masked, not invented
+
+
+def test_cli_poses_quick_path_on_one_second_of_footage(tmp_path, monkeypatch, demo_clip, person_detector):
+    """`mas poses VIDEO`: no config, no workspace named: tracks, poses and overlay land in ./mas-workspace."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from storage.tables import read_poses as read_poses_table
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["poses", str(demo_clip), "--end", "1", "--offline"])
+    assert result.exit_code == 0, result.output
+    printed = dict(line.split(None, 1) for line in result.stdout.splitlines()[1:])
+    assert set(printed) == {"video", "tracks", "poses", "overlay", "snapshot"}
+    for path in printed.values():
+        assert Path(path).is_file() and Path(path).is_relative_to(tmp_path / "mas-workspace"), path
+    ws = Workspace(tmp_path / "mas-workspace")
+    video_id = result.stdout.split(":")[0]
+    poses, meta = read_poses_table(ws, video_id)
+    assert meta["skeleton"] == "coco17" and poses["frame"].max() == 29 and len(poses) >= 30
+    assert int(cv2.VideoCapture(printed["overlay"]).get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    other_cut = runner.invoke(app, ["poses", str(demo_clip), "--end", "2", "--offline"])
+    assert other_cut.exit_code == 2 and "another --workspace" in other_cut.output
+    missing = runner.invoke(app, ["poses", str(tmp_path / "nope.mp4"), "--offline"])
+    assert missing.exit_code == 2 and "not found" in missing.output
