@@ -60,7 +60,7 @@ class MediaPipeBackend:
     posed too and, mirrored back (left and right labels exchanged), averaged with the first estimate by confidence.
     """
 
-    def __init__(self, min_confidence: float = 0.3, padding: float = 0.25, flip_test: bool = False):
+    def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False):
         try:
             import mediapipe as mp
         except ImportError as exc:
@@ -197,9 +197,11 @@ class VitPoseBackend:
 def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
     body = "coco17" if skeleton == "coco17_ball" else skeleton
     if cfg.backend == "mediapipe":
-        backend = MediaPipeBackend(padding=cfg.crop_padding, flip_test=cfg.flip_test)
+        backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
+                                   flip_test=cfg.flip_test)  # fmt: skip
     elif cfg.backend == "yolo_pose":
-        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=cfg.crop_padding)
+        padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
+        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding)
     else:
         backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index, body)
     if backend.skeleton.name != body:

@@ -86,12 +86,13 @@ def repair_swaps(kp: np.ndarray, frames: np.ndarray, skeleton: Skeleton, thresho
     n = len(kp)
     if n < 2 or len(pairs) == 0:
         return kp.copy(), 0
-    size = _scale(kp, threshold)
+    size = _scale(kp[:, np.unique(pairs)], threshold)  # paired body joints only (never a ball)
     fallback = np.nanmedian(size) if np.isfinite(size).any() else 1.0
     size = np.where(np.isfinite(size) & (size > 0), size, fallback)
     out = kp.copy()
     mirrored = _viterbi_mirror(out, frames, pairs, size, threshold, max_gap, flip_cost)
-    out[mirrored] = out[mirrored][:, skeleton.mirror_permutation]
+    left, right = pairs[:, 0], pairs[:, 1]
+    out[np.ix_(mirrored, np.r_[left, right])] = kp[np.ix_(mirrored, np.r_[right, left])]
     changed = int(mirrored.sum()) * len(pairs)
     if per_pair:
         for a, b in pairs:
@@ -174,10 +175,11 @@ def refine_poses(table: pd.DataFrame, skeleton: Skeleton, cfg: PoseConfig, fps: 
     values = np.array(table[columns].to_numpy(np.float32)).reshape(len(table), skeleton.num_joints, 3)
     for _, index in table.groupby("track_id").indices.items():
         frames = table["frame"].to_numpy()[index]
-        kp = values[index][:, body].astype(np.float64)
-        if cfg.repair_swaps:
+        kp = values[index].astype(np.float64)
+        if cfg.repair_swaps:  # mirror pairs are body joints only
             kp, n = repair_swaps(kp, frames, skeleton)
             counts["swaps_repaired"] += n
+        kp = kp[:, body]
         if cfg.reject_outliers:
             kp, n = reject_outliers(kp, frames)
             counts["outliers_rejected"] += n
