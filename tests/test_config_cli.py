@@ -83,7 +83,7 @@ def test_cli_check_config_ok_and_bad(tmp_path):
 def test_cli_has_a_command_per_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for stage in ("download", "track", "pose", "process", "train", "sample", "evaluate", "demo", "status"):
+    for stage in ("download", "track", "pose", "poses", "process", "train", "sample", "evaluate", "demo", "status"):
         assert stage in result.output
 
 
@@ -94,6 +94,8 @@ def test_cli_rejects_bad_arguments(tmp_path):
     assert no_config.exit_code == 2 and "config file not found" in no_config.output
     bad_kind = runner.invoke(app, ["status", "-w", str(tmp_path), "--kind", "frames"])
     assert bad_kind.exit_code == 2 and "not an artifact kind" in bad_kind.output
+    backwards = runner.invoke(app, ["poses", str(tmp_path / "v.mp4"), "--start", "2", "--end", "1"])
+    assert backwards.exit_code == 2 and "must be after --start" in backwards.output
 
 
 def test_cli_status_lists_catalog(tmp_path):

@@ -237,3 +237,29 @@ def test_weights_that_would_run_code_are_refused_unless_trusted(tmp_path, person
     check_weights_file(saved, "pose")
     assert load_yolo(str(person_detector)).names  # and loads as before
     assert DetectorConfig(trust_weights=True).trust_weights and not DetectorConfig().trust_weights
+
+
+def test_cli_poses_quick_path_on_one_second_of_footage(tmp_path, monkeypatch, demo_clip, person_detector):
+    """`mas poses VIDEO`: no config, no workspace named: tracks, poses and overlay land in ./mas-workspace."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from storage.tables import read_poses as read_poses_table
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["poses", str(demo_clip), "--end", "1", "--offline"])
+    assert result.exit_code == 0, result.output
+    printed = dict(line.split(None, 1) for line in result.stdout.splitlines()[1:])
+    assert set(printed) == {"video", "tracks", "poses", "overlay", "snapshot"}
+    for path in printed.values():
+        assert Path(path).is_file() and Path(path).is_relative_to(tmp_path / "mas-workspace"), path
+    ws = Workspace(tmp_path / "mas-workspace")
+    video_id = result.stdout.split(":")[0]
+    poses, meta = read_poses_table(ws, video_id)
+    assert meta["skeleton"] == "coco17" and poses["frame"].max() == 29 and len(poses) >= 30
+    assert int(cv2.VideoCapture(printed["overlay"]).get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    other_cut = runner.invoke(app, ["poses", str(demo_clip), "--end", "2", "--offline"])
+    assert other_cut.exit_code == 2 and "another --workspace" in other_cut.output
+    missing = runner.invoke(app, ["poses", str(tmp_path / "nope.mp4"), "--offline"])
+    assert missing.exit_code == 2 and "not found" in missing.output
