@@ -81,7 +81,7 @@ def test_demo_tiny_end_to_end_on_a_prefect_server(tmp_path, prefect_server):
     assert run["tasks"] == {"video → tracked 2D poses": "COMPLETED", "report": "COMPLETED",
                             "2D dataset → diffusion → MAS → evaluation": "COMPLETED"}  # fmt: skip
     markdown = run["artifacts"]["demo-report"]["data"]
-    assert markdown.count("](data:image/png;base64,") == 4 and "](overlay.png)" not in markdown
+    assert markdown.count("](data:image/png;base64,") == 5 and "](overlay.png)" not in markdown  # with the rigid one
     widest = max(line.count("|") - 1 for line in markdown.splitlines() if line.startswith("|"))
     assert widest <= 7, widest  # tables narrow enough for the UI's artifact pane (wider ones were cut off)
     for row in rows:

@@ -97,8 +97,9 @@ def test_cli_train_and_sample(trained_ws):
     assert out.exit_code == 0, out.output
     assert "(1, 8, 17, 3)" in out.stdout and "(int8)" in out.stdout  # auto precision on CPU
     assert "export: skeleton coco17 is not a tree" in out.stdout
-    bad = runner.invoke(app, ["sample", "--run", "cli", "-w", ws, "--device", "cpu", "--precision", "fp16"])
-    assert bad.exit_code == 2 and "'fp16' is not one of" in bad.output and "'int8'" in bad.output  # the choices
+    bad = runner.invoke(app, ["sample", "--run", "cli", "-w", ws, "--device", "cpu", "--precision", "fp16"],
+                        env={"COLUMNS": "200"})  # fmt: skip
+    assert bad.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'int8', 'bf16'" in bad.output, bad.output
     missing = runner.invoke(app, ["sample", "--run", "nope", "-w", ws])
     assert missing.exit_code == 2 and "no checkpoint" in missing.output
     no_data = runner.invoke(app, ["train", "--dataset", "absent", "-w", ws, "--steps", "1"])
