@@ -43,6 +43,20 @@ def main(
     ] = False,
 ) -> None:
     """From in-the-wild video to 3D motion: download, track, pose, process, train, sample, evaluate."""
+    quiet_logs_off_terminal()
+
+
+def quiet_logs_off_terminal() -> None:
+    """Logs people can read when output goes to a file or a Prefect worker: progress bars update every
+    ``TQDM_MININTERVAL`` seconds (default here 15) instead of at every step, and the native TFLite/absl/glog
+    lines of the pose models are silenced (set the variables yourself to override)."""
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", "15")
 
 
 # A string, not a Path: Path("s3://bucket/x") would become the local folder "s3:/bucket/x"
@@ -84,9 +98,9 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def open_workspace(path: str | Path) -> Workspace:
+def open_workspace(path: str | Path, create: bool = True) -> Workspace:
     try:
-        return Workspace(path)
+        return Workspace(path, create=create)
     except (OSError, ValueError) as exc:
         fail(f"cannot open workspace {str(path)!r}: {exc}")
         raise  # unreachable, for type checkers
@@ -117,7 +131,7 @@ def status(
     """Show what is done, failed (with the error) or running in a workspace."""
     if kind is not None and kind not in KINDS:
         fail(f"--kind {kind!r} is not an artifact kind; use one of {', '.join(KINDS)}")
-    catalog = Catalog(open_workspace(workspace))
+    catalog = Catalog(open_workspace(workspace, create=False))  # read-only: a typo must not create a folder
     table = Table("kind", "id", "status", "updated", "error", title=f"workspace {workspace}")
     count = 0
     for k in [kind] if kind else KINDS:

@@ -11,6 +11,9 @@ Joints a backend does not find keep confidence 0 and NaN coordinates: never a fa
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +56,23 @@ def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tu
     return crop, np.array([ox, oy], np.float32), float(s)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for a block: TFLite and absl write their start-up lines ("Created
+    TensorFlow Lite XNNPACK delegate", "W0000 ... feedback manager") from C++ straight to it, past Python's logging
+    and any environment setting, into every log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class MediaPipeBackend:
     """BlazePose full (model_complexity=1) on square crops; COCO-17 output.
 
@@ -70,12 +90,21 @@ class MediaPipeBackend:
         self.skeleton = get_skeleton("coco17")
         self.padding = padding
         self.flip_test = flip_test
-        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
-                                            min_detection_confidence=min_confidence)  # fmt: skip
+        with native_stderr_silenced():
+            self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                                min_detection_confidence=min_confidence)  # fmt: skip
+        self._quiet_calls = 1  # the first inference prints the rest of the start-up lines
+
+    def _process(self, crop: np.ndarray):
+        if self._quiet_calls:
+            self._quiet_calls -= 1
+            with native_stderr_silenced():
+                return self._pose.process(crop)
+        return self._pose.process(crop)
 
     def _landmarks(self, crop: np.ndarray) -> np.ndarray | None:
         """``[17, 3]`` (x, y in crop fractions, visibility) or None when BlazePose finds nobody."""
-        result = self._pose.process(np.ascontiguousarray(crop))
+        result = self._process(np.ascontiguousarray(crop))
         if result.pose_landmarks is None:
             return None
         marks = result.pose_landmarks.landmark

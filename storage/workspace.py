@@ -52,12 +52,16 @@ AREAS = (
 class Workspace:
     """A rooted tree of artifacts on a local disk or an fsspec filesystem."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], create: bool = True):
+        """``create=False`` (read-only commands): a missing root is an error, never silently created."""
         self.url = str(root)
         self.fs, root_path = fsspec.core.url_to_fs(self.url)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = str(Path(root_path).resolve()) if self.is_local else root_path.rstrip("/")
-        self.fs.makedirs(self.root, exist_ok=True)
+        if create:
+            self.fs.makedirs(self.root, exist_ok=True)
+        elif not self.fs.isdir(self.root):
+            raise FileNotFoundError(f"no workspace at {self.url}; check --workspace (stages create it when they run)")
 
     def __repr__(self) -> str:
         return f"Workspace({self.url!r})"

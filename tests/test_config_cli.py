@@ -108,6 +108,44 @@ def test_cli_status_lists_catalog(tmp_path):
     assert "clip1" in result.stdout and "failed" in result.stdout and "zero frames" in result.stdout
 
 
+def test_read_only_status_never_creates_a_workspace(tmp_path):
+    typo = tmp_path / "worksapce"
+    result = runner.invoke(app, ["status", "-w", str(typo)])
+    assert result.exit_code == 2 and "no workspace at" in result.output and "--workspace" in result.output
+    assert not typo.exists()
+
+
+def test_logs_off_a_terminal_stay_readable(synthetic_ws):
+    """Piped output (a file, a Prefect worker): progress bars update every few seconds, not at every step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import time
+
+    mas = str(Path(sys.executable).with_name("mas"))
+    start = time.monotonic()
+    done = subprocess.run([mas, "train", "--dataset", "synth", "--run", "quiet-logs", "-w", str(synthetic_ws.root),
+                           "--steps", "40", "--layers", "1", "--latent-dim", "16", "--device", "cpu",
+                           "--save-every", "40"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    updates = [part for part in done.stderr.replace("\r", "\n").splitlines() if "train quiet-logs" in part]
+    # one line at the start, one every 15 s, one at the end (tqdm's default: several a second, ~40 lines here)
+    assert 1 <= len(updates) <= 2 + seconds / 15, (seconds, updates)
+
+
+def test_mediapipe_start_up_lines_stay_out_of_logs():
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\nfrom pipeline.pose import MediaPipeBackend\nb = MediaPipeBackend()\n"
+              "b.estimate(np.zeros((96, 96, 3), np.uint8), np.array([[4.0, 4.0, 90.0, 90.0]]))\nprint('ok')\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert "TensorFlow Lite" not in done.stderr and "W0000" not in done.stderr and "absl" not in done.stderr
+
+
 def test_config_overrides_on_the_command_line(tmp_path):
     path = _write(tmp_path, _good())
     cfg = load_config(path, ["detector.conf=0.5", "fps=25", "process.mirror=false", "detector.classes=[person]"])
