@@ -119,9 +119,8 @@ def test_logs_off_a_terminal_stay_readable(synthetic_ws):
     """Piped output (a file, a Prefect worker): progress bars update every few seconds, not at every step."""
     import subprocess
     import sys
-    from pathlib import Path
-
     import time
+    from pathlib import Path
 
     mas = str(Path(sys.executable).with_name("mas"))
     start = time.monotonic()
