@@ -152,24 +152,38 @@ def _normalise(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v / norm.clamp_min(_EPS), norm[..., 0]
 
 
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched 3x3 products ``a @ b`` (einsum: about twice as fast as bmm for [N, L] batches of tiny matrices)."""
+    return torch.einsum("...ij,...jk->...ik", a, b)
+
+
+def _mv(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched ``a @ v`` for 3x3 matrices and 3-vectors."""
+    return torch.einsum("...ij,...j->...i", a, v)
+
+
 def swing(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``[..., 3, 3]``: the shortest rotation taking unit vectors ``a`` onto ``b``. Near-opposite vectors get a half
     turn about an axis normal to ``a`` followed by the (then well-conditioned) short rotation from ``-a`` to ``b``."""
 
-    def short(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def short(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # c I + [w]x + w w^T / (1 + c), for u.v >= 0
         w = torch.cross(u, v, dim=-1)
         c = (u * v).sum(-1)[..., None, None]
         zero = torch.zeros_like(w[..., 0])
         k = torch.stack([zero, -w[..., 2], w[..., 1], w[..., 2], zero, -w[..., 0], -w[..., 1], w[..., 0], zero], -1)
-        k = k.reshape(*w.shape[:-1], 3, 3)
-        return torch.eye(3, dtype=u.dtype, device=u.device) + k + k @ k / (1 + c).clamp_min(1e-3)
+        eye = torch.eye(3, dtype=u.dtype, device=u.device)
+        return c * eye + k.reshape(*w.shape[:-1], 3, 3) + w[..., :, None] * w[..., None, :] / (1 + c).clamp_min(1e-3)
 
     eye = torch.eye(3, dtype=a.dtype, device=a.device)
     helper = torch.where(a[..., :1].abs() < 0.9, eye[0], eye[1])
     axis, _ = _normalise(torch.cross(a, helper, dim=-1))
-    half_turn = 2 * axis[..., :, None] * axis[..., None, :] - eye
+    near = short(a, b)
     opposite = ((a * b).sum(-1) < 0)[..., None, None]
-    return torch.where(opposite, short(-a, b) @ half_turn, short(a, b))
+    if not bool(opposite.any()):
+        return near
+    turned = short(-a, b)  # then the half turn H = 2 n n^T - I: (R H) = 2 (R n) n^T - R
+    far = 2 * _mv(turned, axis)[..., :, None] * axis[..., None, :] - turned
+    return torch.where(opposite, far, near)
 
 
 def yaw_matrix(angle: torch.Tensor) -> torch.Tensor:
@@ -341,8 +355,8 @@ def forward_kinematics(root: torch.Tensor, local: torch.Tensor, offsets: torch.T
     world[0], position[0] = local[:, :, 0], root
     for k in range(1, rig.num_nodes):
         p = rig.parents[k]
-        position[k] = position[p] + (world[p] @ offsets[:, None, k, :, None])[..., 0]
-        world[k] = world[p] @ local[:, :, k]
+        position[k] = position[p] + _mv(world[p], offsets[:, None, k])
+        world[k] = _mm(world[p], local[:, :, k])
     joints = torch.stack([position[rig.node_joint.index(j)] for j in range(len(rig.joints))], 2)
     return joints, torch.stack(world, 2)
 
@@ -385,11 +399,11 @@ def fit_rigid(motions, skeleton: Skeleton, lengths: torch.Tensor | None = None, 
         if node in turns:
             b = turns[node]
             direction, _ = _normalise(points[:, :, rig.bone_child[b]] - points[:, :, rig.bone_parent[b]])
-            in_parent = (parent_world.transpose(-1, -2) @ direction[..., None])[..., 0]  # [N, L, 3]
+            in_parent = _mv(parent_world.transpose(-1, -2), direction)  # [N, L, 3]
             rest = in_parent[:, :1].expand_as(in_parent)  # rest pose: the first frame
             local[:, :, node] = swing(rest, in_parent)
             offsets[:, rig.child_node[b]] = lengths[:, b, None] * in_parent[:, 0]
-        world[node] = parent_world @ local[:, :, node]
+        world[node] = _mm(parent_world, local[:, :, node])
     positions, _ = forward_kinematics(root, local, offsets, rig)
     return RigidMotions(rig, root, local, offsets, lengths, positions)
 

@@ -52,7 +52,15 @@ def rigid_note(skeleton: Skeleton) -> str:
 
 def export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: ExportConfig | None = None):
     """Fitted rigs ``[RigidMotions, ...]`` (one per chunk of motions), the floor shift ``[N]`` and a summary dict."""
-    config = config or ExportConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny ops: threads only add waiting (8x slower on a busy 2-core host)
+    try:
+        return _export_rigid(motions, skeleton, fps, config or ExportConfig())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export_rigid(motions: np.ndarray, skeleton: Skeleton, fps: float, config: ExportConfig):
     raw = np.asarray(motions, np.float64)[:, :, skeleton.body_joints]
     rig = build_rig(skeleton)
     chunks, shifts, errors, variation, contact, loose = [], [], [], [], [], []

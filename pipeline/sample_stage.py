@@ -87,7 +87,7 @@ def run_sampling(
         record = catalog.get("sample", name)
         paths = [ws.absolute(p) for p in record.outputs]
         if record.meta.get("export", {}).get("settings") != export.to_dict():  # same samples, other export
-            with ws.local_copy(ws.absolute(record.outputs[0])) as local:
+            with ws.local_copy(npz_path) as local:
                 skeleton = get_skeleton(str(np.load(local)["skeleton"]))
             fps = load_trained_model(ws, run, "cpu").fps if ws.exists(ckpt) else 30.0
             written, summary = _write_export(ws, folder, motions, skeleton, fps, export)
