@@ -139,7 +139,8 @@ def test_mediapipe_start_up_lines_stay_out_of_logs():
     import sys
 
     script = ("import numpy as np\nfrom pipeline.pose import MediaPipeBackend\nb = MediaPipeBackend()\n"
-              "b.estimate(np.zeros((96, 96, 3), np.uint8), np.array([[4.0, 4.0, 90.0, 90.0]]))\nprint('ok')\n")  # fmt: skip
+              "b.estimate(np.zeros((96, 96, 3), np.uint8), np.array([[4.0, 4.0, 90.0, 90.0]]))\n"
+              "print('ok')\n")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
     assert "TensorFlow Lite" not in done.stderr and "W0000" not in done.stderr and "absl" not in done.stderr
