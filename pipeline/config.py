@@ -50,9 +50,10 @@ class DownloadConfig(_Strict):
 
 
 class TrackCleanupConfig(_Strict):
-    """Post-tracking cleanup (``pipeline.track_cleanup``): duplicates, tracklet stitching, static tracks.
+    """Post-tracking cleanup (``pipeline.track_cleanup``): duplicates, tracklet stitching, still tracks.
 
-    Defaults were set on real footage (``benchmarks/bench_tracking.py``); a None or 0 turns a pass off."""
+    Defaults were set on real footage (``benchmarks/bench_tracking.py``); a None or 0 turns a pass off. A person who
+    stands still for a whole track is dropped like a still object: such a track has no motion to learn from."""
 
     duplicate_iou: float | None = Field(default=0.55, gt=0, le=1, description="boxes this overlapped are one subject")
     duplicate_containment: float = Field(
@@ -66,6 +67,9 @@ class TrackCleanupConfig(_Strict):
     )
     duplicate_min_fraction: float = Field(
         default=0.5, gt=0, le=1, description="share of the shorter track's frames that must be duplicate boxes"
+    )
+    split_max_missing: int = Field(
+        default=3, ge=0, description="with stitching on, tracks are first cut where more frames than this are missing"
     )
     stitch_max_gap: int = Field(default=30, ge=0, description="longest gap (frames) a stitch may bridge; 0: off")
     stitch_max_overlap: int = Field(
@@ -86,7 +90,7 @@ class TrackCleanupConfig(_Strict):
         default=0.1, gt=0, description="... and tracks moving less than this with a mean score below weak_max_score"
     )
     weak_max_score: float = Field(default=0.45, gt=0, le=1)
-    static_min_seconds: float = Field(default=1.0, gt=0, description="shorter tracks are not judged static")
+    static_min_seconds: float = Field(default=0.5, gt=0, description="tracks living shorter are not judged still")
 
 
 class DetectorConfig(_Strict):

@@ -43,6 +43,7 @@ class CleanupReport:
     tracks: int = 0
     duplicate_tracks_merged: int = 0
     duplicate_boxes_dropped: int = 0
+    tracks_split: int = 0
     tracklets_stitched: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> tracks
 
@@ -265,6 +266,34 @@ def still_tracks(tracked: pd.DataFrame, cfg: TrackCleanupConfig, fps: float) -> 
     return {reason: [int(t) for t in mask.index[mask]] for reason, mask in rejected.items() if mask.any()}
 
 
+def split_at_gaps(tracked: pd.DataFrame, max_missing: int) -> tuple[pd.DataFrame, int]:
+    """Cut a track where more than ``max_missing`` frames are missing and another track of its class has a box in
+    that hole near the track's last box before it (centre within half a box height); later pieces get new ids (the
+    first keeps its own). The tracker re-finds a lost subject under its old id after another id followed it
+    meanwhile: cut, the pieces chain up again by stitching (old -> new -> old), and stray boxes of the new id merge
+    as duplicates. A hole nobody fills keeps the tracker's own association."""
+    if tracked.empty:
+        return tracked, 0
+    order = tracked.sort_values(["track_id", "frame"], kind="stable")
+    frames, track_ids = order["frame"].to_numpy(), order["track_id"].to_numpy()
+    prev = np.r_[frames[0], frames[:-1]]
+    hole = np.r_[False, track_ids[1:] == track_ids[:-1]] & (frames - prev > max_missing + 1)
+    box = order[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    centre, height = (box[:, :2] + box[:, 2:]) / 2, np.maximum(box[:, 3] - box[:, 1], 1.0)
+    classes = order["class"].to_numpy()
+    for k in np.flatnonzero(hole):  # holes are few: one look at the boxes inside each
+        inside = (classes == classes[k]) & (frames > prev[k]) & (frames < frames[k])
+        near = np.linalg.norm(centre[inside] - centre[k - 1], axis=1) <= 0.5 * height[k - 1]
+        hole[k] = bool(near.any())
+    if not hole.any():
+        return tracked, 0
+    piece = pd.Series(hole.astype(int), index=order.index).groupby(track_ids).cumsum().to_numpy()
+    keys = pd.MultiIndex.from_arrays([track_ids, piece])
+    codes = pd.Series(np.arange(len(keys.unique())), index=keys.unique()).loc[keys].to_numpy()
+    ids = np.where(piece == 0, track_ids, int(track_ids.max()) + 1 + codes)
+    return tracked.assign(track_id=pd.Series(ids, index=order.index).loc[tracked.index]), int(hole.sum())
+
+
 def clean_tracks(table: pd.DataFrame, cfg: TrackCleanupConfig, fps: float,
                  hists: np.ndarray | None = None) -> tuple[pd.DataFrame, CleanupReport]:  # fmt: skip
     """Apply the three passes to a tracks table (``hists``: one appearance histogram per row, or None)."""
@@ -272,6 +301,8 @@ def clean_tracks(table: pd.DataFrame, cfg: TrackCleanupConfig, fps: float,
     is_tracked = (table["track_id"] >= 0).to_numpy()
     tracked, untracked = table[is_tracked], table[~is_tracked]
     report = CleanupReport(raw_tracks=int(tracked["track_id"].nunique()))
+    if cfg.stitch_max_gap > 0:
+        tracked, report.tracks_split = split_at_gaps(tracked, cfg.split_max_missing)
     tracked, report.duplicate_tracks_merged, report.duplicate_boxes_dropped = merge_duplicates(tracked, cfg)
     tracked, report.tracklets_stitched = stitch_tracklets(
         tracked, None if hists is None else hists[tracked.index.to_numpy()], cfg

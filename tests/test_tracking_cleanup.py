@@ -126,3 +126,22 @@ def test_a_still_box_is_rejected_and_counted(walking):
     assert cleaned["track_id"].nunique() == 2  # both real people move and stay
     kept, _ = clean_tracks(pd.concat([table, still, unsure]), OFF, fps)
     assert {555, 556} <= set(kept["track_id"])
+
+
+def test_a_subject_handed_to_another_id_and_back_is_one_track(walking):
+    table, hists, fps = walking
+    walker = table.groupby("track_id").size().idxmax()
+    mine = (table["track_id"] == walker).to_numpy()
+    frames = np.sort(table.loc[mine, "frame"].unique())
+    middle = frames[len(frames) // 3 : len(frames) // 3 + 12]  # the tracker lost the walker and followed a new id
+    switched = table.copy()
+    switched.loc[mine & table["frame"].isin(middle).to_numpy(), "track_id"] = 888
+    stray = switched[mine & (table["frame"] == frames[-3]).to_numpy()].assign(track_id=888)  # and a stray box later
+    switched = pd.concat([switched, stray], ignore_index=True)
+    switched_hists = np.concatenate([hists, hists[mine & (table["frame"] == frames[-3]).to_numpy()]])
+    cleaned, report = clean_tracks(switched, TrackCleanupConfig(), fps, switched_hists)
+    assert report.tracks_split >= 1 and 888 not in set(cleaned["track_id"]), report
+    assert set(cleaned.loc[cleaned["frame"].isin(frames), "track_id"]) >= {walker}
+    assert cleaned.groupby("track_id").size()[walker] == len(frames)  # every frame of the walker under one id
+    unsplit, _ = clean_tracks(switched, TrackCleanupConfig(split_max_missing=1000), fps, switched_hists)
+    assert 888 in set(unsplit["track_id"])  # without the cut, stitching cannot rejoin tracks that overlap in time
