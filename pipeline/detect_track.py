@@ -8,6 +8,7 @@ detections (track id -1) for the pose stage, which attaches the ball nearest to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,31 @@ def use_agnostic_nms(class_map: dict[int, str], setting: bool | None) -> bool:
     return len(names) != len(set(names))
 
 
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Ultralytics' ``select_device`` sets torch to ``cpu_count - 1`` threads on a CPU (1 on 2 cores) and nothing
+    sets it back, so tracking ran on one thread and so did everything after it in the process (training and
+    sampling in ``mas demo``). Inside this block Ultralytics uses the process's thread count, which is restored."""
+    import torch
+    from ultralytics.utils import torch_utils
+
+    threads, before = torch.get_num_threads(), torch_utils.NUM_THREADS
+    torch_utils.NUM_THREADS = threads
+    try:
+        yield
+    finally:
+        torch_utils.NUM_THREADS = before
+        torch.set_num_threads(threads)
+
+
 def run_tracker(model, path: str, cfg: DetectorConfig, video_id: str, progress: bool = True,
                 frames: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
     """Raw tracker output for one video file: the tracks table and one colour histogram per row (for stitching)."""
+    with torch_threads_kept():
+        return _run_tracker(model, path, cfg, video_id, progress, frames)
+
+
+def _run_tracker(model, path, cfg, video_id, progress, frames) -> tuple[pd.DataFrame, np.ndarray]:
     class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
     rows, hists = [], []
     stream = model.track(

@@ -162,8 +162,11 @@ class YoloPoseBackend:
         if len(boxes) == 0:
             return out
         crops = [crop_square(image, box, self.padding) for box in boxes]
-        results = self.model.predict([c[0][..., ::-1] for c in crops], imgsz=self.imgsz, verbose=False,
-                                     device=self.device)  # fmt: skip
+        from pipeline.detect_track import torch_threads_kept
+
+        with torch_threads_kept():
+            results = self.model.predict([c[0][..., ::-1] for c in crops], imgsz=self.imgsz, verbose=False,
+                                         device=self.device)  # fmt: skip
         for n, (result, (_, origin, _)) in enumerate(zip(results, crops, strict=True)):
             if result.keypoints is None or len(result.keypoints) == 0:
                 continue

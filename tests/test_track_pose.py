@@ -263,3 +263,22 @@ def test_cli_poses_quick_path_on_one_second_of_footage(tmp_path, monkeypatch, de
     assert other_cut.exit_code == 2 and "another --workspace" in other_cut.output
     missing = runner.invoke(app, ["poses", str(tmp_path / "nope.mp4"), "--offline"])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_tracking_keeps_the_process_torch_threads(tmp_path, person_detector):
+    """Ultralytics sets torch to cpu_count - 1 threads (1 on 2 cores) when it picks the device; tracking must use
+    and leave the process's own count, or training and sampling after it run on one thread."""
+    import torch
+
+    from pipeline.detect_track import run_tracker
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clip = make_video(tmp_path / "clip.mp4", frames=6)
+        model = load_yolo(str(person_detector))
+        cfg = DetectorConfig(classes=["person"], class_names=PERSON_DETECTOR_CLASSES, imgsz=160)
+        run_tracker(model, str(clip), cfg, "clip", progress=False, frames=6)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
