@@ -34,7 +34,15 @@ class UnknownVideoError(ValueError):
 
 
 def _retry_unless_bad_video(task, task_run, state) -> bool:
-    return not isinstance(state.data, BadVideoError)
+    """Prefect's documented pattern: the failed state's ``result()`` raises the task's exception (``state.data`` may
+    hold a result record instead of it: a bad video was once retried in a CI run)."""
+    try:
+        state.result()
+    except BadVideoError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure may pass on a retry
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------------ tasks
