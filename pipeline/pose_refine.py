@@ -52,8 +52,9 @@ def _viterbi_mirror(kp: np.ndarray, frames: np.ndarray, pairs: np.ndarray, size:
     same, diff, comparable = _pair_costs(kp, pairs, threshold)
     comparable &= np.diff(frames) <= max_gap
     body = np.maximum(size[1:], size[:-1])
-    same = np.where(comparable, same / body, 0.0)
-    diff = np.where(comparable, diff / body, 0.0)
+    usable = comparable & (body > 0)  # a frame pair without a body size compares nothing (no 0/0 warnings)
+    same = np.divide(same, body, out=np.zeros_like(same, dtype=float), where=usable)
+    diff = np.divide(diff, body, out=np.zeros_like(diff, dtype=float), where=usable)
     seen = (kp[:, pairs.ravel(), 2] >= threshold).any(1)
     n = len(kp)
     cost = np.array([0.0, flip_cost * seen[0]])
