@@ -31,6 +31,24 @@ class VideoInfo:
         return {**asdict(self), "duration": round(self.duration, 3)}
 
 
+def _decodable_frames(capture: cv2.VideoCapture, header_frames: int) -> int:
+    """How many frames decode, at most ``header_frames``: the last one is tried, then a binary search by seeking
+    (about log2(n) seeks, so a long video is not decoded whole; frame 0 is known to decode)."""
+
+    def decodes(index: int) -> bool:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = capture.read()
+        return bool(ok) and frame is not None
+
+    if header_frames <= 1 or decodes(header_frames - 1):
+        return header_frames
+    good, bad = 0, header_frames - 1
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if decodes(middle) else (good, middle)
+    return good + 1
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Read a video's properties and check that its first frame decodes; clear errors for empty or corrupt files."""
     path = Path(path)
@@ -51,6 +69,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             frames = 1
             while capture.grab():
                 frames += 1
+        else:  # a truncated file keeps the header's count: find the last frame that really decodes
+            frames = _decodable_frames(capture, frames)
         if not 0 < fps < 1000:
             raise VideoError(f"{path}: implausible frame rate {fps}")
         return VideoInfo(fps=fps, frames=frames, width=frame.shape[1], height=frame.shape[0])

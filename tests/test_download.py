@@ -110,3 +110,16 @@ def test_download_all_and_bad_sources(media, tmp_path):
         expand_sources([Source(kind="local", value=str(tmp_path / "nothing"))])
     with pytest.raises(RuntimeError, match="nba_api|stats.nba.com"):
         expand_sources([Source(kind="nba_api", value="season=2023-24")])
+
+
+def test_a_truncated_video_counts_the_frames_that_decode(tmp_path, demo_clip):
+    """The header of a cut-off download still says 230 frames; only the frames that decode count (issue 18)."""
+    data = Path(demo_clip).read_bytes()
+    for fraction, expected in ((0.3, 60), (0.6, 131), (1.0, 230)):
+        clip = tmp_path / f"cut_{fraction}.mp4"
+        clip.write_bytes(data[: int(len(data) * fraction)])
+        decoded = sum(1 for _ in iter_frames(clip))
+        assert probe_video(clip).frames == decoded == expected, fraction
+    ws = Workspace(tmp_path / "ws")
+    result = ingest_file(ws, tmp_path / "cut_0.3.mp4", Source(kind="local", value=str(tmp_path)), "cut")
+    assert Catalog(ws).get("video", result.video_id).meta["frames"] == 60
