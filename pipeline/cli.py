@@ -438,7 +438,11 @@ def synthetic(
     from pipeline.synthetic import build_synthetic_dataset
 
     ws = open_workspace(workspace)
-    paths = build_synthetic_dataset(ws, name, num_motions=num_motions, length=length, seed=seed)
+    try:
+        paths = build_synthetic_dataset(ws, name, num_motions=num_motions, length=length, seed=seed)
+    except ValueError as exc:  # an unsafe name (UnsafeIdError) or impossible sizes
+        fail(str(exc))
+        return
     typer.echo(f"dataset {name}: {num_motions} clips of {length} frames in {ws.dataset_dir(name)}")
     for path in paths:
         typer.echo(f"  {path}")

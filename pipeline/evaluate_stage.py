@@ -248,6 +248,8 @@ def run_evaluation(
     n = min(n, len(test_xy), len(truth.test) if truth is not None else len(test_xy))
     if n < 8:
         raise ValueError(f"the test split has only {n} clips of {length} frames; distribution metrics need >= 8")
+    for sample_name in sample_sets:  # before any expensive work (the evaluator can train for minutes)
+        check_sample_set(ws, sample_name, skeleton, length)
     catalog = Catalog(ws)
     catalog.mark_running("evaluation", name, run=run)
     try:
@@ -296,15 +298,24 @@ def run_evaluation(
     return EvaluationResult(table, paths, n, handle.folder, warnings)
 
 
-def _sample_set(ws, sample_name, label, kind, skeleton, length, n, repeats, rng) -> MotionSet:
-    with ws.local_copy(f"{ws.samples_dir(sample_name)}/motions.npz") as local:
+def check_sample_set(ws: Workspace, sample_name: str, skeleton, length: int) -> np.ndarray:
+    """The motions of a sample set, or a clear error naming the set and the fix (missing, too short, wrong skeleton)."""
+    path = f"{ws.samples_dir(sample_name)}/motions.npz"
+    if not ws.exists(path):
+        raise FileNotFoundError(f"sample set {sample_name!r} is not in {ws.url} (no {path}); sample it first with "
+                                f"`mas sample --run RUN --name {sample_name}`, or check --samples")  # fmt: skip
+    with ws.local_copy(path) as local:
         motions = np.load(local)["motions"]
     if motions.shape[1] < length:
         raise ValueError(f"sample set {sample_name} has {motions.shape[1]} frames; evaluation needs {length}")
     if motions.shape[2] != len(skeleton.joints):
         raise ValueError(f"sample set {sample_name} has {motions.shape[2]} joints; the dataset's skeleton "
                          f"{skeleton.name} has {len(skeleton.joints)}")  # fmt: skip
-    motions = normalize_3d(motions[:, :length], skeleton)
+    return motions
+
+
+def _sample_set(ws, sample_name, label, kind, skeleton, length, n, repeats, rng) -> MotionSet:
+    motions = normalize_3d(check_sample_set(ws, sample_name, skeleton, length)[:, :length], skeleton)
     return MotionSet(label, kind, draw_chunks(motions, n, repeats, rng, f"sample set {sample_name}", True))
 
 

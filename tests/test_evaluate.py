@@ -32,6 +32,7 @@ from pipeline.sample_stage import run_sampling
 from pipeline.skeletons import COCO17
 from pipeline.synthetic import generate_motions
 from pipeline.train_stage import run_training
+from storage import Catalog
 from storage.motion_dataset import open_motion_dataset, read_truth_3d
 
 TINY_MODEL = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, max_len=32, device="cpu")
@@ -176,6 +177,12 @@ def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
     runner = CliRunner()
     out = runner.invoke(app, ["evaluate", "--run", "evalrun", "-w", ws.root, "--name", "ev"])
     assert out.exit_code == 2 and "nothing to evaluate" in out.output
+    # a wrong --samples name fails before the evaluator trains (a new evaluator size: nothing cached to load)
+    out = runner.invoke(app, ["evaluate", "--run", "evalrun", "-w", ws.root, "--samples", "e-mass", "--n", "8",
+                              "--length", "24", "--evaluator-dim", "48", "--device", "cpu",
+                              "--name", "typo"])  # fmt: skip
+    assert out.exit_code == 2 and "sample set 'e-mass' is not in" in out.output and "mas sample" in out.output
+    assert len(Catalog(ws).records("evaluator")) == 1 and Catalog(ws).get("evaluation", "typo") is None
     out = runner.invoke(app, ["evaluate", "--run", "evalrun", "-w", ws.root, "--samples", "e-mas", "--n", "8",
                               "--repeats", "2", "--length", "24", "--evaluator-layers", "2", "--evaluator-dim", "32",
                               "--evaluator-ff", "64", "--evaluator-steps", "40", "--sds-iterations", "10",
