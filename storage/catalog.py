@@ -8,10 +8,8 @@ them into a pandas DataFrame for the CLI and for Prefect artifacts.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -24,7 +22,6 @@ from storage.workspace import Workspace
 KINDS = ("video", "tracks", "poses", "dataset", "checkpoint", "sample", "evaluation", "evaluator")
 Status = Literal["done", "failed", "running"]
 State = Literal["done", "failed", "running", "interrupted", "stale", "missing"]
-STALE_HEARTBEAT_S = 300.0  # as storage.locks.STALE_S
 
 
 def _now() -> str:
@@ -152,22 +149,10 @@ class Catalog:
 
     def interrupted(self, record: Record) -> bool:
         """A ``running`` record whose run is gone: its process no longer exists on this host, or its artifact lock
-        (``storage.locks``) has had no heartbeat for :data:`STALE_HEARTBEAT_S`."""
-        owner = record.meta.get("owner") or {}
-        if owner.get("host") == socket.gethostname():
-            try:
-                os.kill(int(owner.get("pid", -1)), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError, OverflowError):
-                pass
-        lock = f"{self.ws.root}/locks/{record.kind}/{record.id}.lock"
-        try:
-            with self.ws.fs.open(lock, "rb") as handle:
-                heartbeat = float(json.loads(handle.read().decode()).get("heartbeat", 0))
-        except (FileNotFoundError, ValueError, OSError):
-            return False
-        return time.time() - heartbeat > STALE_HEARTBEAT_S
+        (``storage.locks``) went stale."""
+        from storage.locks import ArtifactLock, process_gone  # here: storage.locks imports this module
+
+        return process_gone(record.meta.get("owner") or {}) or ArtifactLock(self.ws, record.kind, record.id).stale()
 
     def is_done(self, kind: str, artifact_id: str, key: str | None = None) -> bool:
         return self.state(kind, artifact_id, key) == "done"

@@ -32,14 +32,17 @@ class ArtifactLockedError(RuntimeError):
     """Another run holds the artifact's lock."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def process_gone(owner: dict[str, Any]) -> bool:
+    """True when ``owner`` (``host``, ``pid``) ran on this host and its process no longer exists."""
+    if owner.get("host") != socket.gethostname():
         return False
-    except PermissionError:
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return False
 
 
 class ArtifactLock:
@@ -83,9 +86,14 @@ class ArtifactLock:
             except (FileNotFoundError, NotImplementedError, OSError):
                 return False
             return time.time() - modified > self.stale_s
-        if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
+        if process_gone(holder):
             return True
         return time.time() - float(holder.get("heartbeat", 0)) > self.stale_s
+
+    def stale(self) -> bool:
+        """Is the lock held by a run that is gone (see the module docstring)? False when nobody holds it."""
+        holder = self.holder()
+        return holder is not None and self._stale(holder)
 
     # ------------------------------------------------------------------------------------------------- acquire
     def _write(self, mode: str) -> None:
