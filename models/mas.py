@@ -75,10 +75,16 @@ class MASConfig:
 
     def camera_distance(self, mean_pose) -> float | None:
         """Perspective distance in data units for a model with this mean pose (None: orthographic)."""
-        try:
-            return camera_distance(self.projection, self.distance, self.distance_m, self.subject_height_m, mean_pose)
-        except ValueError as exc:
-            raise SamplingError(str(exc)) from None
+        return config_camera_distance(self, mean_pose)
+
+
+def config_camera_distance(cfg, mean_pose) -> float | None:
+    """The camera distance of a MAS or SDS config (``projection``, ``distance``, ``distance_m``,
+    ``subject_height_m``) in data units for a model with this mean pose; conversion errors as :class:`SamplingError`."""
+    try:
+        return camera_distance(cfg.projection, cfg.distance, cfg.distance_m, cfg.subject_height_m, mean_pose)
+    except ValueError as exc:
+        raise SamplingError(str(exc)) from None
 
 
 def _rotations(azimuths: torch.Tensor, elevation: float) -> torch.Tensor:

@@ -17,12 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
-from models.mas import SamplingError, _rotations
+from models.mas import SamplingError, _rotations, config_camera_distance
 from pipeline.cameras import (
     DEFAULT_DISTANCE,
     DEFAULT_ELEVATION,
     DEFAULT_SUBJECT_HEIGHT_M,
-    camera_distance,
     project_each,
 )
 
@@ -70,10 +69,7 @@ def sds_sample(
     joints = trained.model.config.num_joints
     diffusion = trained.diffusion
     steps = diffusion.num_steps
-    try:
-        distance = camera_distance(cfg.projection, cfg.distance, cfg.distance_m, cfg.subject_height_m, trained.mean)
-    except ValueError as exc:
-        raise SamplingError(str(exc)) from None
+    distance = config_camera_distance(cfg, trained.mean)
     motion = (0.1 * torch.randn(num_samples, length, joints, 3, device=device, generator=generator)).requires_grad_()
     optimizer = torch.optim.Adam([motion], lr=cfg.lr)
     trained.model.requires_grad_(False)
