@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from models.evaluator import EvaluatorConfig, MotionEvaluator, load_evaluator, save_evaluator, train_evaluator
-from storage import Catalog, Workspace, file_sha256, stage_key
-from storage.motion_dataset import DatasetFormatError, dataset_folder, open_motion_dataset
+from storage import Catalog, Workspace, stage_key
+from storage.motion_dataset import dataset_file_hashes, open_motion_dataset
 
 DATA_FILES = ("clips.npy", "index.parquet", "mean.npy", "std.npy")
 VAL_FRACTION = 0.1  # share of the train split's videos held out for early stopping
@@ -35,14 +35,8 @@ class EvaluatorHandle:
 
 def dataset_hashes(ws: Workspace, dataset_name: str) -> list[str]:
     """sha256 of the dataset files the evaluator learns from, in :data:`DATA_FILES` order."""
-    folder = dataset_folder(ws, dataset_name)
-    missing = [f for f in DATA_FILES if not ws.exists(f"{folder}/{f}")]
-    if missing:
-        raise DatasetFormatError(
-            f"dataset {dataset_name!r} in {ws.url} is incomplete (missing {', '.join(missing)}); "
-            "run `mas process` to build it"
-        )
-    return [file_sha256(f"{folder}/{f}", ws.fs) for f in DATA_FILES]
+    hashes = dataset_file_hashes(ws, dataset_name)
+    return [hashes[f] for f in DATA_FILES]
 
 
 def evaluator_params(config: EvaluatorConfig, **training: Any) -> dict[str, Any]:

@@ -232,14 +232,29 @@ class MotionDataset:
         return int(self.index["length"].max())
 
 
-def open_motion_dataset(ws: Workspace, name: str, verify: bool = True) -> MotionDataset:
-    """Open the published version of dataset ``name``, its files checked against the manifest (``verify``)."""
+def _complete_folder(ws: Workspace, name: str) -> str:
+    """The folder of dataset ``name`` (:func:`dataset_folder`), or a clear error when a data file is missing."""
     folder = dataset_folder(ws, name)
     missing = [f for f in DATA_FILES if not ws.exists(f"{folder}/{f}")]
     if missing:
         raise DatasetFormatError(
             f"dataset {name!r} in {ws.url} is incomplete (missing {', '.join(missing)}); run `mas process` to build it"
         )
+    return folder
+
+
+def dataset_file_hashes(ws: Workspace, name: str) -> dict[str, str]:
+    """sha256 of each data file of dataset ``name``: the manifest's for a published version (files are checked
+    against it when the dataset is opened), computed for a dataset in the flat layout."""
+    folder = _complete_folder(ws, name)
+    if ws.exists(f"{folder}/{MANIFEST}"):
+        return {f: entry["sha256"] for f, entry in ws.read_json(f"{folder}/{MANIFEST}")["files"].items()}
+    return {f: file_sha256(f"{folder}/{f}", ws.fs) for f in DATA_FILES}
+
+
+def open_motion_dataset(ws: Workspace, name: str, verify: bool = True) -> MotionDataset:
+    """Open the published version of dataset ``name``, its files checked against the manifest (``verify``)."""
+    folder = _complete_folder(ws, name)
     if verify and folder != ws.dataset_dir(name):
         verify_dataset_files(ws, name, folder)
     with ws.local_copy(f"{folder}/clips.npy") as local:
