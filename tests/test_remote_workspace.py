@@ -10,21 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
+
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 MAS = str(Path(sys.executable).with_name("mas"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
