@@ -363,7 +363,8 @@ def build_benchmark_dataset(
     )
     dataset_paths = write_motion_dataset(ws, name, data, index, meta, conf_threshold=CONF_THRESHOLD,
                                          extras={TRUTH_3D: truth_npz})  # fmt: skip
-    truth_path = dataset_paths.pop()
+    truth_path = next(p for p in dataset_paths if p.endswith(f"/{TRUTH_3D}"))
+    dataset_paths.remove(truth_path)
     summary = {k: meta[k] for k in ("num_train_clips", "num_test_clips", "source")}
     Catalog(ws).mark_done("dataset", name, key=None, outputs=[*dataset_paths, truth_path], params={},
                           meta={**summary, "clips": len(data), "truth_3d": True})  # fmt: skip
