@@ -136,7 +136,10 @@ def import_mas_layout(
         raise DatasetFormatError(f"{mas_dir}: motions have {clips[0].shape[1]} joints, skeleton {skeleton!r} has "
                                  f"{sk.num_joints}; pass the skeleton the files were made with")  # fmt: skip
     layout_path = os.path.join(mas_dir, LAYOUT_FILE)
-    layout = json.load(open(layout_path)) if os.path.exists(layout_path) else None
+    layout = None
+    if os.path.exists(layout_path):
+        with open(layout_path) as handle:
+            layout = json.load(handle)
     step = _export_factor(fps, float(layout["fps"] if layout else file_fps or fps))
     converted = []
     for clip in clips:
