@@ -92,28 +92,75 @@ def prefect_server(tmp_path_factory):
 
 
 def chromium_page(url: str, profile: Path, screenshot: Path | None = None, size: str = "1400,3000",
-                  expect: str | None = None, shot_ok=None, attempts: int = 3) -> str:  # fmt: skip
+                  expect: str | None = None, shot_ok=None, timeout: float = 180) -> str:  # fmt: skip
     """Render a page of the Prefect UI in headless Chromium: its DOM after scripts ran, and a screenshot if asked.
 
-    The UI fetches its data after load, which a busy machine may answer late: up to ``attempts`` renders are taken
-    until the DOM holds ``expect`` and ``shot_ok(path)`` accepts the screenshot. Skips without Debian's chromium."""
+    The UI fetches its data after load, which a busy machine may answer late, so Chromium is driven over its
+    DevTools protocol and waited on in real time (a fixed ``--virtual-time-budget`` failed on loaded CI machines):
+    until the DOM holds ``expect``, every ``<img>`` has decoded, and ``shot_ok(path)`` accepts the screenshot, or
+    ``timeout`` seconds pass. Skips without Debian's chromium."""
+    import base64
+    import json
+    import re
     import shutil
+
+    from websockets.sync.client import connect
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (`make system-deps` installs it)")
+    width, height = (int(v) for v in size.split(","))
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-             f"--user-data-dir={profile}", "--virtual-time-budget=30000", f"--window-size={size}"]  # fmt: skip
-    dom = ""
-    for _ in range(attempts):
-        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-        if expect is not None and expect not in dom:
-            continue
-        if screenshot is None:
-            return dom
-        shot = subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=180)
-        assert screenshot.exists(), shot.stderr[-2000:]
-        if shot_ok is None or shot_ok(screenshot):
-            return dom
-    return dom
+             f"--user-data-dir={profile}", f"--window-size={size}", "--remote-debugging-port=0",
+             "about:blank"]  # fmt: skip
+    browser = subprocess.Popen(flags, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        deadline = time.time() + 60
+        while port is None and time.time() < deadline:  # Chromium says on stderr where its DevTools listen
+            line = browser.stderr.readline()
+            found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+            if not line and browser.poll() is not None:
+                raise RuntimeError(f"chromium exited with {browser.returncode} before its DevTools were up")
+        assert port is not None, "chromium did not announce its DevTools port in 60 s"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            page_ws = next(t["webSocketDebuggerUrl"] for t in json.load(response) if t["type"] == "page")
+        with connect(page_ws, max_size=None, open_timeout=30) as ws:
+            ids = iter(range(1, 1_000_000))
+
+            def call(method: str, **params):
+                message_id = next(ids)
+                ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+                while True:  # events arrive between replies; skip them
+                    reply = json.loads(ws.recv(timeout=120))
+                    if reply.get("id") == message_id:
+                        assert "error" not in reply, reply
+                        return reply["result"]
+
+            def evaluate(expression: str):
+                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+            call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+            call("Page.navigate", url=url)
+            ready = ("document.readyState === 'complete'"
+                     f" && document.documentElement.outerHTML.includes({json.dumps(expect or '')})"
+                     " && [...document.images].every(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+            deadline = time.time() + timeout
+            dom = ""
+            while time.time() < deadline:
+                if evaluate(ready):
+                    time.sleep(1)  # let the layout settle after the last image decoded
+                    dom = evaluate("document.documentElement.outerHTML")
+                    if screenshot is None:
+                        return dom
+                    shot = call("Page.captureScreenshot", format="png")
+                    screenshot.write_bytes(base64.b64decode(shot["data"]))
+                    if shot_ok is None or shot_ok(screenshot):
+                        return dom
+                time.sleep(1)
+            return dom or evaluate("document.documentElement.outerHTML")
+    finally:
+        browser.kill()
+        browser.wait(timeout=30)
