@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--evaluator-ff", type=int, default=1024)
     parser.add_argument("--evaluator-steps", type=int, default=20000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rigid-bones", action="store_true", help="also score MAS with fixed bone lengths")
     args = parser.parse_args()
     ws = Workspace(args.workspace or tempfile.mkdtemp(prefix="mas-bench-"))
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, num_layers=args.layers,
@@ -46,7 +47,8 @@ def main() -> None:
                                 ff_size=args.evaluator_ff)  # fmt: skip
     spec = BenchmarkSpec(name="bench", procedural=args.motions, length=args.length, train=train, n=args.n,
                          repeats=args.repeats, sds_iterations=args.sds_iterations, evaluator=evaluator,
-                         evaluator_max_steps=args.evaluator_steps, device=args.device)  # fmt: skip
+                         evaluator_max_steps=args.evaluator_steps, device=args.device,
+                         rigid_bones=args.rigid_bones)  # fmt: skip
     result = run_benchmark_3d(ws, spec)
     command = "python -m benchmarks.mas_3d_benchmark " + shlex.join(sys.argv[1:])
     write_result("mas_3d_benchmark", "MAS vs SDS on the procedural 3D benchmark, with floors and trivial baselines",
