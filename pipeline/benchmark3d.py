@@ -14,11 +14,11 @@ from pathlib import Path
 
 from models.checkpoint import load_trained_model
 from models.evaluator import EvaluatorConfig
-from models.mas import MASConfig
+from models.mas import MASConfig, SamplingError
 from models.trainer import TrainConfig, resolve_device
 from pipeline.benchmark_data import build_benchmark_dataset, load_motions_npz
 from pipeline.evaluate_stage import EvaluationResult, markdown_report, run_evaluation
-from pipeline.sample_stage import run_sampling
+from pipeline.sample_stage import ABLATION_TITLES, ABLATIONS, run_sampling
 from pipeline.skeletons import get_skeleton
 from pipeline.synthetic import generate_motions
 from pipeline.train_stage import run_training
@@ -51,10 +51,20 @@ class BenchmarkSpec:
     device: str = "auto"
     precision: str = "auto"
     rigid_bones: bool = False  # also sample MAS with fixed bone lengths (MASConfig.rigid_bones) and score it too
+    # Table 3 rows (labels of pipeline.sample_stage.ABLATIONS) instead of the default MAS row, scored in their own
+    # evaluation `<name>-ablations-n<n>` with the same floor and trivial rows at this n
+    ablations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.motions_npz is None) == (self.procedural is None):
             raise ValueError("benchmark-3d: give exactly one source of motions: --motions FILE.npz or --procedural N")
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown ablations {unknown}; choose from {sorted(ABLATIONS)}")
+
+    @property
+    def evaluation_name(self) -> str:
+        return f"{self.name}-ablations-n{self.n}" if self.ablations else f"{self.name}-eval"
 
 
 @dataclass
@@ -114,26 +124,13 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
             f"run {run!r} was trained on dataset {trained.dataset!r}, not on the benchmark's "
             f"{spec.name!r}: it may have seen the held-out motions; train on {spec.name!r}"
         )
-    total = spec.n * spec.repeats
-    log(f"sampling {total} MAS motions ({spec.n} per draw x {spec.repeats} draws)")
+    if spec.ablations:
+        sets, labels, skipped = _sample_ablations(ws, spec, run, seconds, log, progress)
+    else:
+        sets, skipped = _sample_mas(ws, spec, run, seconds, log, progress), []
+        labels = {sets[0]: "MAS (5 views)"} | ({sets[1]: "MAS + rigid bones"} if spec.rigid_bones else {})
     t = time.perf_counter()
-    mas_name = f"{spec.name}-mas"
-    run_sampling(ws, run, mas_name, num_samples=total, length=spec.length, mas=MASConfig(), seed=spec.seed,
-                 device=spec.device, precision=spec.precision, render=1, progress=progress)  # fmt: skip
-    seconds["MAS sampling"] = time.perf_counter() - t
-    sets, labels = [mas_name], {mas_name: "MAS (5 views)"}
-    if spec.rigid_bones:
-        t = time.perf_counter()
-        rigid_name = f"{spec.name}-mas-rigid"
-        log(f"sampling {total} MAS motions with fixed bone lengths (rigid_bones)")
-        run_sampling(ws, run, rigid_name, num_samples=total, length=spec.length, mas=MASConfig(rigid_bones=True),
-                     seed=spec.seed, device=spec.device, precision=spec.precision, render=1,
-                     progress=progress)  # fmt: skip
-        sets.append(rigid_name)
-        labels[rigid_name] = "MAS + rigid bones"
-        seconds["MAS + rigid bones sampling"] = time.perf_counter() - t
-    t = time.perf_counter()
-    evaluation = run_evaluation(ws, run, f"{spec.name}-eval", sets, length=spec.length, n=spec.n,
+    evaluation = run_evaluation(ws, run, spec.evaluation_name, sets, length=spec.length, n=spec.n,
                                 repeats=spec.repeats, evaluator=spec.evaluator,
                                 evaluator_max_steps=spec.evaluator_max_steps, sds_iterations=spec.sds_iterations,
                                 device=spec.device, precision=spec.precision, seed=spec.seed,
@@ -159,9 +156,52 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
         f"({spec.test_fraction:.0%}) BEFORE projection; each train window seen from one random perspective camera "
         f"(2D only for training); the test windows are the reference (their 2D for the 2D metrics, their 3D for "
         f"the 3D metrics). {model_text} n = {evaluation.n} motions per draw; evaluator: {evaluator_text}.\n\n"
+        + "".join(f"Ablation {label} skipped: {why}\n\n" for label, why in skipped)
         + markdown_report(table, evaluation.warnings)
         + "\nWall time of this call (s; steps found finished in the workspace are not redone): "
         + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
     )  # fmt: skip
-    ws.write_text(f"{ws.evaluation_dir(spec.name + '-eval')}/benchmark.md", f"# 3D benchmark `{spec.name}`\n\n{report}")
+    path = f"{ws.evaluation_dir(spec.evaluation_name)}/benchmark.md"
+    ws.write_text(path, f"# 3D benchmark `{spec.name}`\n\n{report}")
     return BenchmarkResult(evaluation, report, seconds)
+
+
+def _sample_mas(ws: Workspace, spec: BenchmarkSpec, run: str, seconds: dict, log, progress: bool) -> list[str]:
+    """The default MAS set (and the fixed-bone-length one when asked); returns their names."""
+    total = spec.n * spec.repeats
+    configs = [("MAS", f"{spec.name}-mas", MASConfig())]
+    if spec.rigid_bones:
+        configs.append(("MAS + rigid bones", f"{spec.name}-mas-rigid", MASConfig(rigid_bones=True)))
+    for title, name, mas in configs:
+        log(f"sampling {total} motions with {title} ({spec.n} per draw x {spec.repeats} draws)")
+        t = time.perf_counter()
+        run_sampling(ws, run, name, num_samples=total, length=spec.length, mas=mas, seed=spec.seed,
+                     device=spec.device, precision=spec.precision, render=1, progress=progress)  # fmt: skip
+        seconds[f"{title} sampling"] = time.perf_counter() - t
+    return [name for _, name, _ in configs]
+
+
+def _sample_ablations(ws: Workspace, spec: BenchmarkSpec, run: str, seconds: dict, log,
+                      progress: bool) -> tuple[list[str], dict[str, str], list[tuple[str, str]]]:  # fmt: skip
+    """Sample each Table 3 row; a row whose geometry cannot hold the motions (a camera inside the motion's reach)
+    is skipped and reported, the others go on. Returns the set names, their titles and the skipped rows."""
+    total = spec.n * spec.repeats
+    sets, labels, skipped = [], {}, []
+    for label in spec.ablations:
+        name = f"{spec.name}-n{total}-{label}"
+        log(f"sampling {total} motions for the ablation {ABLATION_TITLES[label]}")
+        t = time.perf_counter()
+        try:
+            run_sampling(ws, run, name, num_samples=total, length=spec.length, mas=MASConfig(**ABLATIONS[label]),
+                         seed=spec.seed, device=spec.device, precision=spec.precision, render=0,
+                         progress=progress)  # fmt: skip
+        except (ValueError, SamplingError) as exc:
+            log(f"ablation {label} skipped: {exc}")
+            skipped.append((ABLATION_TITLES[label], str(exc)))
+            continue
+        seconds[f"{label} sampling"] = time.perf_counter() - t
+        sets.append(name)
+        labels[name] = ABLATION_TITLES[label]
+    if not sets:
+        raise ValueError(f"every ablation was skipped: {skipped}")
+    return sets, labels, skipped

@@ -597,6 +597,13 @@ def benchmark_3d(
     evaluator_ff: EvaluatorFFOpt = 1024,
     evaluator_steps: EvaluatorStepsOpt = 20000,
     rigid_bones: Annotated[bool, typer.Option(help="Also sample MAS with fixed bone lengths and score it.")] = False,
+    ablation: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Score these Table 3 rows instead of the default MAS (repeatable: views2, views3, views5, "
+            "views9, views21, dist2m .. dist30m, steps20, steps50, no3dnoise; 'all' for every one)."
+        ),
+    ] = None,
     seed: int = 0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -617,13 +624,20 @@ def benchmark_3d(
                              run=run, train=train_cfg, n=n, repeats=repeats, sds_iterations=sds_iterations,
                              evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
                              evaluator_max_steps=evaluator_steps, device=device, precision=precision,
-                             rigid_bones=rigid_bones)  # fmt: skip
+                             rigid_bones=rigid_bones, ablations=_ablation_labels(ablation))  # fmt: skip
         result = run_benchmark_3d(ws, spec, log=typer.echo)
     except (CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""))
         return
     typer.echo(result.report)
-    typer.echo(f"  {ws.evaluation_dir(name + '-eval')}/benchmark.md")
+    typer.echo(f"  {ws.evaluation_dir(spec.evaluation_name)}/benchmark.md")
+
+
+def _ablation_labels(given: list[str] | None) -> tuple[str, ...]:
+    from pipeline.sample_stage import ABLATIONS
+
+    given = given or []
+    return tuple(ABLATIONS) if "all" in given else tuple(dict.fromkeys(given))
 
 
 @app.command()

@@ -208,6 +208,12 @@ ABLATIONS: dict[str, dict] = {
     "steps50": {"steps": 50},
     "no3dnoise": {"noise_3d": False},
 }
+ABLATION_TITLES: dict[str, str] = {
+    "views2": "MAS, 2 views (120°)", "views3": "MAS, 3 views", "views5": "MAS, 5 views (default)",
+    "views9": "MAS, 9 views", "views21": "MAS, 21 views",
+    **{f"dist{m}m": f"MAS, camera {m} m" for m in (2, 3, 5, 7, 11, 30)},
+    "steps20": "MAS, 20 respaced steps", "steps50": "MAS, 50 respaced steps", "no3dnoise": "MAS, no 3D noise",
+}  # fmt: skip
 
 
 def ablation_sample_sets(ws: Workspace, run: str, num_samples: int = 64, length: int | None = None,

@@ -225,6 +225,19 @@ def test_benchmark_3d_on_a_users_npz_in_one_command(tmp_path):
         assert text in out.output, text
     report = (tmp_path / "ws" / "evaluations" / "mocap-eval" / "benchmark.md").read_text()
     assert "mpjpe ★" in report and "whole clips held out" in report
+    # Table 3 rows on the same run and evaluator (cached: no retraining), in their own evaluation at this n
+    ablation = CliRunner().invoke(app, [*args[:-1], "--ablation", "views2", "--ablation", "steps20", "--ablation",
+                                        "dist2m", "--ablation", "views2"])  # fmt: skip
+    assert ablation.exit_code == 0, ablation.output
+    assert "training mocap-model" not in ablation.output
+    table = (tmp_path / "ws" / "evaluations" / "mocap-ablations-n8" / "benchmark.md").read_text()
+    for text in ("MAS, 2 views (120°)", "MAS, 20 respaced steps", "frozen mean pose", "real train motions (3D)"):
+        assert text in table, text
+    assert ("| MAS, camera 2 m |" in table) != ("Ablation MAS, camera 2 m skipped" in table)  # scored or said why
+    assert "| MAS (5 views) |" not in table
+    assert table.count("| MAS, 2 views (120°) | all |") == 1
+    bad = CliRunner().invoke(app, [*args[:-1], "--ablation", "views4"])
+    assert bad.exit_code == 2 and "unknown ablations ['views4']" in bad.output
     bad = CliRunner().invoke(app, ["benchmark-3d", "-w", str(tmp_path / "ws")])
     assert bad.exit_code == 2 and "--motions FILE.npz or --procedural N" in bad.output
     np.savez(tmp_path / "broken.npz", motions=motions[:, :, :16])
