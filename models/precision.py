@@ -1,7 +1,11 @@
-"""The arithmetic the denoiser samples with: ``fp32``, ``int8`` (CPU) or ``bf16`` (autocast, meant for GPUs).
+"""The arithmetic the denoiser samples with: ``fp32``, ``int8`` (CPU linear layers) or ``bf16`` (autocast).
 
-``auto`` is int8 on a CPU, where it nearly halves the time of a MAS sample for a 1.4% change in the motions
-(``benchmarks/results/int8_quality.md``), and fp32 elsewhere. The choice is recorded with every sample set.
+``auto`` picks the fastest precision of the machine it runs on (``benchmarks/results/precision.md``): bf16 where
+the hardware computes it natively (a GPU with bf16 support; a CPU with AVX512-BF16 or AMX), int8 on other CPUs
+(nearly half the time of fp32 for a 1.4% change in the motions, ``benchmarks/results/int8_quality.md``), fp32
+otherwise. Before sampling, the chosen precision must reproduce the fp32 denoiser on a fixed batch within
+:data:`AUTO_TOLERANCE` (:func:`precision_error`); if it does not, ``auto`` falls back to fp32 and says so. The choice
+and its reason are recorded with every sample set (:func:`explain_precision`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,32 @@ import torch
 from torch import nn
 
 from models.checkpoint import TrainedModel
+from models.hardware import cpu_native_bf16
 from models.int8 import int8_available, quantize_denoiser
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
+AUTO_TOLERANCE = 0.03  # relative error of the denoiser's output that auto accepts (bf16 ~0.5%, int8 ~1.4% measured)
+
+
+def _auto(device: torch.device) -> tuple[str, str]:
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16 autocast: this GPU computes bf16 natively"
+        return "fp32", "fp32: this GPU has no bf16 support"
+    if device.type == "cpu":
+        if cpu_native_bf16():
+            return "bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)"
+        if int8_available():
+            return "int8", "int8 linear layers: this CPU has no native bf16, and int8 is the fastest it has"
+        return "fp32", "fp32: this CPU has neither native bf16 nor this PyTorch build's int8 kernels"
+    return "fp32", f"fp32: no faster precision is known for {device.type}"
+
+
+def explain_precision(precision: str, device: torch.device) -> str:
+    """Why ``precision`` resolves as it does on ``device`` (for logs and records)."""
+    if precision == "auto":
+        return "auto → " + _auto(device)[1]
+    return f"{resolve_precision(precision, device)}: asked for"
 
 
 class PrecisionError(ValueError):
@@ -22,11 +49,11 @@ class PrecisionError(ValueError):
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means int8 on CPU and fp32 elsewhere; ``int8`` is refused off the CPU."""
+    """``auto`` means the fastest native precision of ``device`` (see the module); ``int8`` is refused off the CPU."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "int8" if device.type == "cpu" and int8_available() else "fp32"
+        return _auto(device)[0]
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(f"int8 inference runs on the CPU only, not on {device}; use --precision fp32 or bf16")
     if precision == "int8" and not int8_available():
@@ -38,12 +65,40 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def with_precision(trained: TrainedModel, precision: str) -> TrainedModel:
-    """``trained`` itself for fp32, else a copy whose denoiser runs in ``precision`` (``auto`` is resolved here)."""
+    """``trained`` itself for fp32, else a copy whose denoiser runs in ``precision`` (``auto`` is resolved here,
+    without the quality check: :func:`checked_precision` does that)."""
     resolved = resolve_precision(precision, trained.device)
     if resolved == "fp32":
         return trained
     model = quantize_denoiser(trained.model) if resolved == "int8" else Bf16Denoiser(trained.model)
     return dataclasses.replace(trained, model=model)
+
+
+def precision_error(trained: TrainedModel, fast: TrainedModel, batch: int = 4, length: int | None = None) -> float:
+    """Relative error of ``fast``'s denoiser against ``trained``'s (fp32) on a fixed noisy batch at several steps."""
+    config = trained.model.config
+    length = min(length or config.max_len, config.max_len)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, length, config.num_joints, 2, generator=generator).to(trained.device)
+    t = torch.linspace(0, trained.diffusion.num_steps - 1, batch).round().long().to(trained.device)
+    with torch.no_grad():
+        reference, out = trained.model(x, t), fast.model(x, t)
+    return float((out.float() - reference).norm() / reference.norm().clamp_min(1e-12))
+
+
+def checked_precision(trained: TrainedModel, precision: str) -> tuple[TrainedModel, str, str]:
+    """The model in ``precision`` with the precision it runs in and why. For ``auto``, the chosen lower precision must
+    reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model, else fp32 is used and the reason says so."""
+    resolved = resolve_precision(precision, trained.device)
+    reason = explain_precision(precision, trained.device)
+    fast = with_precision(trained, resolved)
+    if precision != "auto" or resolved == "fp32":
+        return fast, resolved, reason
+    error = precision_error(trained, fast)
+    if not error <= AUTO_TOLERANCE:  # NaN fails too
+        return trained, "fp32", (f"auto → fp32: {resolved} changed this model's denoiser output by {error:.1%} "
+                                 f"(more than {AUTO_TOLERANCE:.0%})")  # fmt: skip
+    return fast, resolved, f"{reason}; denoiser within {error:.2%} of fp32"
 
 
 class Bf16Denoiser(nn.Module):

@@ -1,6 +1,7 @@
 """Training of the 2D motion diffusion model.
 
-x0-prediction, confidence- and length-masked L2, AdamW, EMA weights, gradient clipping, bf16 autocast on GPU, optional
+x0-prediction, confidence- and length-masked L2, AdamW, EMA weights, gradient clipping, bf16 autocast where the
+device computes bf16 natively (GPUs; CPUs with AVX512-BF16/AMX; ``TrainConfig.precision``), optional
 ``torch.compile``, DDP under ``torchrun`` (NCCL on GPU, gloo on CPU). Batches are drawn from the memory-mapped dataset.
 Checkpoints are atomic and hold everything needed to resume bit-for-bit on the same device (model, EMA, optimiser,
 RNG states, step); a NaN/inf loss stops the run with the step named and the last good checkpoint untouched.
@@ -33,12 +34,23 @@ from models.checkpoint import (
 )
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import DEFAULT_NOISE_SCHEDULE, Diffusion
+from models.hardware import native_bf16
 from storage import Workspace
 from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def training_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked, or for ``auto`` where ``device`` computes it natively; None: fp32."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
 
 
 @dataclass
@@ -63,8 +75,13 @@ class TrainConfig:
     num_layers: int = 8
     num_heads: int = 4
     dropout: float = 0.1
+    # auto: bf16 autocast where the device computes bf16 natively (a GPU; a CPU with AVX512-BF16/AMX), else fp32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"train config: precision must be one of {', '.join(TRAIN_PRECISIONS)}, got "
+                             f"{self.precision!r}")  # fmt: skip
         for name in ("steps", "batch_size", "diffusion_steps", "max_len", "save_every", "log_every", "latent_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
@@ -88,6 +105,7 @@ class TrainResult:
     final_loss: float
     first_loss: float
     samples_per_s: float
+    precision: str = "fp32"  # what the forward passes ran in: "bf16" (autocast) or "fp32"
     history: list[dict[str, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the live (non-EMA) model of this process
 
@@ -285,8 +303,9 @@ def train(
         )
     if cfg.compile:
         train_model = torch.compile(train_model)
+    autocast_dtype = training_autocast_dtype(cfg.precision, device)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )  # fmt: skip
 
     def save() -> None:
@@ -377,6 +396,7 @@ def train(
         final_loss=last_loss,
         first_loss=first_loss,
         samples_per_s=samples_per_s,
+        precision="bf16" if autocast_dtype is not None else "fp32",
         history=history,
         model=model,
     )

@@ -69,7 +69,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when fin
 PrecisionOpt = Annotated[
     Literal["auto", "fp32", "int8", "bf16"],
     typer.Option(
-        help="Denoiser arithmetic: auto (int8 on CPU, fp32 on GPU), fp32, int8 (CPU) or bf16 (GPU).",
+        help="Denoiser arithmetic: auto (bf16 where the device computes it natively, else int8 on CPU, fp32 on GPU; "
+        "checked against fp32 before use), fp32, int8 (CPU) or bf16.",
     ),
 ]
 
@@ -323,6 +324,10 @@ def train(
     noise_schedule: Annotated[
         str, typer.Option(help="cosine_tau_2 (the official MAS default: cosine alpha-bar squared) or cosine.")
     ] = "cosine_tau_2",
+    precision: Annotated[
+        Literal["auto", "fp32", "bf16"],
+        typer.Option(help="auto: bf16 autocast where the device computes bf16 natively (GPUs; AVX512-BF16/AMX CPUs)."),
+    ] = "auto",
     seed: int = 0,
 ) -> None:
     """Stage 5: train the 2D motion diffusion model (resumes from the run's last checkpoint)."""
@@ -336,6 +341,7 @@ def train(
         cfg = TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, num_layers=layers, latent_dim=latent_dim,
             save_every=save_every, device=device, compile=compile, seed=seed, noise_schedule=noise_schedule,
+            precision=precision,
         )  # fmt: skip
         result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
     except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
@@ -347,7 +353,8 @@ def train(
         if dist.is_available() and dist.is_initialized():  # under torchrun: tear gloo/NCCL down on every rank
             dist.barrier()
             dist.destroy_process_group()
-    typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f}, checkpoint {result.checkpoint}")
+    typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f} ({result.precision}), "
+               f"checkpoint {result.checkpoint}")  # fmt: skip
 
 
 @app.command()
@@ -417,6 +424,8 @@ def sample(
         fail(str(exc))
         return
     note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s ({result.precision})"
+    if result.precision_reason:
+        note += f"\n  precision: {result.precision_reason}"
     typer.echo(f"{len(result.motions)} motions {tuple(result.motions.shape)}{note}")
     export = Catalog(ws).get("sample", result.name).meta.get("export", {})
     if "fit_error_mean" in export:

@@ -25,7 +25,7 @@ import torch
 
 from models.checkpoint import CHECKPOINT_NAME, load_trained_model
 from models.mas import MASConfig, SamplingError, mas_sample
-from models.precision import resolve_precision, with_precision
+from models.precision import checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 from pipeline.cameras import project, view_azimuths, view_rotations
@@ -48,6 +48,7 @@ class SampleResult:
     seconds: float
     skipped: bool = False
     precision: str = "fp32"
+    precision_reason: str = ""
 
 
 def run_sampling(
@@ -77,7 +78,7 @@ def run_sampling(
     folder = ws.samples_dir(name)
     npz_path = f"{folder}/motions.npz"
     dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)  # auto: int8 linear layers on CPU, fp32 on GPU
+    requested, precision = precision, resolve_precision(precision, dev)  # auto: the fastest native one (checked)
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
               "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
     key = stage_key("sample", [file_sha256(ckpt, ws.fs)] if ws.exists(ckpt) else [], params)
@@ -94,7 +95,9 @@ def run_sampling(
             paths = [p for p in paths if not p.endswith((".bvh", "rigid.npz"))] + written
             record = catalog.mark_done("sample", name, key=key, outputs=paths, params=record.params,
                                        meta={"export": summary})  # fmt: skip
-        return SampleResult(name, motions, paths, 0.0, True, precision)
+        meta = record.meta or {}
+        return SampleResult(name, motions, paths, 0.0, True, meta.get("precision", precision),
+                            meta.get("precision_reason", ""))  # fmt: skip
 
     trained = load_trained_model(ws, run, dev)
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
@@ -108,7 +111,8 @@ def run_sampling(
         catalog.mark_running("sample", name, key=key, run=run, method=method)
         try:
             start = time.perf_counter()
-            trained = with_precision(trained, precision)
+            trained, precision, reason = checked_precision(trained, requested)
+            log.info("sampling %s in %s", name, reason)
             if method == "mas":
                 motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)
             else:
@@ -121,9 +125,9 @@ def run_sampling(
             catalog.mark_failed("sample", name, exc, key=key)
             raise
         meta = {"run": run, "method": method, "seconds": round(seconds, 3), "samples": num_samples,
-                "precision": precision, "export": summary}  # fmt: skip
+                "precision": precision, "precision_reason": reason, "export": summary}  # fmt: skip
         catalog.mark_done("sample", name, key=key, outputs=paths, params=params, meta=meta)
-    return SampleResult(name, motions_np, paths, seconds, precision=precision)
+    return SampleResult(name, motions_np, paths, seconds, precision=precision, precision_reason=reason)
 
 
 def _write_export(ws, folder, motions, skeleton, fps, export: ExportConfig):

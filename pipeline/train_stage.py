@@ -35,6 +35,6 @@ def run_training(
         outputs=outputs,
         params=asdict(config),
         meta={"dataset": dataset, "step": result.step, "final_loss": result.final_loss,
-              "samples_per_s": round(result.samples_per_s, 1)},
+              "samples_per_s": round(result.samples_per_s, 1), "precision": result.precision},
     )  # fmt: skip
     return result

@@ -1,5 +1,7 @@
 """Sampling precisions: int8 CPU inference and bf16 autocast stay close to fp32; ``auto`` picks int8 on CPU."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +9,10 @@ import torch
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
+from models.hardware import cpu_native_bf16
 from models.int8 import QuantisationError, quantize_denoiser
 from models.mas import MASConfig, mas_sample
-from models.precision import PrecisionError, resolve_precision, with_precision
+from models.precision import PrecisionError, checked_precision, explain_precision, resolve_precision, with_precision
 from models.trainer import TrainConfig
 from pipeline.sample_stage import run_sampling
 from pipeline.train_stage import run_training
@@ -58,7 +61,7 @@ def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, p
 
 def test_precision_resolution_and_errors(default_model):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu) == "int8" and resolve_precision("auto", cuda) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_native_bf16() else "int8")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cuda) == "bf16"
     with pytest.raises(PrecisionError, match="unknown precision 'fp16'; use one of auto, fp32, int8, bf16"):
@@ -80,9 +83,47 @@ def test_sampling_records_precision_and_resamples_when_it_changes(synthetic_ws):
     first = run_sampling(synthetic_ws, "int8-run", "p", num_samples=2, length=16, render=0, progress=False,
                          device="cpu")  # fmt: skip
     record = Catalog(synthetic_ws).get("sample", "p")
-    assert record.params["precision"] == "int8" and record.meta["precision"] == "int8"  # auto on CPU
+    auto = "bf16" if cpu_native_bf16() else "int8"  # the fastest precision this CPU has
+    assert record.params["precision"] == auto and record.meta["precision"] == auto
+    assert record.meta["precision_reason"].startswith(f"auto → {auto}") and "of fp32" in record.meta["precision_reason"]
     fp32 = run_sampling(synthetic_ws, "int8-run", "p", num_samples=2, length=16, render=0, progress=False,
                         device="cpu", precision="fp32")  # fmt: skip
     assert not fp32.skipped and Catalog(synthetic_ws).get("sample", "p").params["precision"] == "fp32"
     assert np.abs(fp32.motions - first.motions).max() > 0  # really recomputed, with other arithmetic
     np.testing.assert_allclose(fp32.motions, first.motions, atol=0.2 * np.abs(first.motions).max())
+
+
+def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
+    """auto: bf16 where the CPU computes it natively, int8 on other CPUs; fp32 when the check against fp32 fails."""
+    import models.precision as precision
+
+    cpu = torch.device("cpu")
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    assert cpu_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags or " bf16" in flags)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16" and "natively" in explain_precision("auto", cpu)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "int8" and "no native bf16" in explain_precision("auto", cpu)
+    trained = TrainedModel(default_model, Diffusion.cosine(10), torch.zeros(17, 2), torch.ones(17, 2), "coco17",
+                           0.5, 30.0, 0)  # fmt: skip
+    fast, used, reason = checked_precision(trained, "auto")
+    assert used == "int8" and fast.model is not default_model and "of fp32" in reason
+    assert checked_precision(trained, "fp32") == (trained, "fp32", "fp32: asked for")
+    monkeypatch.setattr(precision, "AUTO_TOLERANCE", 1e-6)  # a check no lower precision passes: fp32, said why
+    fast, used, reason = checked_precision(trained, "auto")
+    assert fast is trained and used == "fp32" and reason.startswith("auto → fp32: int8 changed this model's")
+    _, used, _ = checked_precision(trained, "int8")  # asked for explicitly: no fallback
+    assert used == "int8"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_precision_on_cpu(synthetic_ws, precision):
+    from pipeline.train_stage import run_training
+
+    tiny = TrainConfig(steps=4, batch_size=8, latent_dim=32, ff_size=64, num_layers=1, num_heads=4, max_len=16,
+                       device="cpu", precision=precision)  # fmt: skip
+    result = run_training(synthetic_ws, "synth", f"train-{precision}", tiny, progress=False)
+    assert result.precision == precision and np.isfinite(result.final_loss)
+    assert Catalog(synthetic_ws).get("checkpoint", f"train-{precision}").meta["precision"] == precision
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'int8'"):
+        TrainConfig(precision="int8")

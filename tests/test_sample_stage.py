@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from models.hardware import cpu_native_bf16
 from models.mas import SamplingError
 from models.trainer import TrainConfig
 from pipeline.cli import app
@@ -91,11 +92,12 @@ def test_cli_train_and_sample(trained_ws):
     args = ["train", "--dataset", "synth", "--run", "cli", "-w", ws, "--steps", "3", "--layers", "1"]
     out = runner.invoke(app, [*args, "--latent-dim", "16", "--max-len", "16", "--device", "cpu", "--batch-size", "4"])
     assert out.exit_code == 0, out.output
-    assert "step 3" in out.stdout
+    assert "step 3" in out.stdout and ("(bf16)" if cpu_native_bf16() else "(fp32)") in out.stdout
     out = runner.invoke(app, ["sample", "--run", "cli", "-w", ws, "--num-samples", "1", "--length", "8", "--steps",
                               "5", "--render", "0", "--device", "cpu"])  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert "(1, 8, 17, 3)" in out.stdout and "(int8)" in out.stdout  # auto precision on CPU
+    auto = "bf16" if cpu_native_bf16() else "int8"  # the fastest precision this CPU has (checked against fp32)
+    assert "(1, 8, 17, 3)" in out.stdout and f"({auto})" in out.stdout and "precision: auto → " in out.stdout
     assert "export: skeleton coco17 is not a tree" in out.stdout
     bad = runner.invoke(app, ["sample", "--run", "cli", "-w", ws, "--device", "cpu", "--precision", "fp16"],
                         env={"COLUMNS": "200"})  # fmt: skip
