@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--evaluator-ff", type=int, default=1024)
     parser.add_argument("--evaluator-steps", type=int, default=20000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--sample-only", action="store_true", help="stop after sampling (a later call reuses them)")
     parser.add_argument("--precision", default="auto", help="sampling precision (auto: the fastest native one)")
     parser.add_argument("--rigid-bones", action="store_true", help="also score MAS with fixed bone lengths")
     parser.add_argument("--ablations", default="", help="comma-separated Table 3 rows (or 'all'): results go to "
@@ -74,7 +75,9 @@ def main() -> None:
                          repeats=args.repeats, sds_iterations=args.sds_iterations, evaluator=evaluator,
                          evaluator_max_steps=args.evaluator_steps, device=args.device, precision=args.precision,
                          rigid_bones=args.rigid_bones, ablations=ablations)  # fmt: skip
-    result = run_benchmark_3d(ws, spec)
+    result = run_benchmark_3d(ws, spec, sample_only=args.sample_only)
+    if result is None:
+        return
     command = "python -m benchmarks.mas_3d_benchmark " + shlex.join(sys.argv[1:])
     title = "MAS vs SDS on the procedural 3D benchmark, with floors and trivial baselines"
     if ablations:

@@ -103,7 +103,10 @@ def build_dataset(ws: Workspace, spec: BenchmarkSpec) -> str:
     return source
 
 
-def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, log=print) -> BenchmarkResult:
+def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, log=print,
+                     sample_only: bool = False) -> BenchmarkResult | None:  # fmt: skip
+    """Build, train, sample and evaluate (``sample_only``: stop after sampling, e.g. to sample on a second core while
+    another process trains the evaluator; a later full call finds the samples cached)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     source = build_dataset(ws, spec)
@@ -129,6 +132,8 @@ def run_benchmark_3d(ws: Workspace, spec: BenchmarkSpec, progress: bool = True, 
     else:
         sets, skipped = _sample_mas(ws, spec, run, seconds, log, progress), []
         labels = {sets[0]: "MAS (5 views)"} | ({sets[1]: "MAS + rigid bones"} if spec.rigid_bones else {})
+    if sample_only:
+        return None
     t = time.perf_counter()
     evaluation = run_evaluation(ws, run, spec.evaluation_name, sets, length=spec.length, n=spec.n,
                                 repeats=spec.repeats, evaluator=spec.evaluator,

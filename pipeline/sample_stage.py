@@ -211,12 +211,14 @@ ABLATIONS: dict[str, dict] = {
     "steps20": {"steps": 20},
     "steps50": {"steps": 50},
     "no3dnoise": {"noise_3d": False},
+    "rigidbones": {"rigid_bones": True},  # beyond the paper: fixed bone lengths per motion (issue 19)
 }
 ABLATION_TITLES: dict[str, str] = {
     "views2": "MAS, 2 views (120°)", "views3": "MAS, 3 views", "views5": "MAS, 5 views (default)",
     "views9": "MAS, 9 views", "views21": "MAS, 21 views",
     **{f"dist{m}m": f"MAS, camera {m} m" for m in (2, 3, 5, 7, 11, 30)},
     "steps20": "MAS, 20 respaced steps", "steps50": "MAS, 50 respaced steps", "no3dnoise": "MAS, no 3D noise",
+    "rigidbones": "MAS + rigid bones",
 }  # fmt: skip
 
 
