@@ -15,7 +15,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {gpu}, {torch.get_num_threads()} threads"
+    load = "/".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {gpu}, {torch.get_num_threads()} threads, "
+            f"host load average {load} (1/5/15 min) when written")  # fmt: skip
 
 
 def write_result(name: str, title: str, body: str) -> Path:

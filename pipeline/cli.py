@@ -41,9 +41,36 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores the load leaves "
+            "free; 2 threads beside a busy neighbour on 2 cores ran 4x slower than 1).",
+        ),
+    ] = None,
 ) -> None:
     """From in-the-wild video to 3D motion: download, track, pose, process, train, sample, evaluate."""
     quiet_logs_off_terminal()
+    set_thread_policy(threads)
+
+
+def set_thread_policy(threads: int | None) -> None:
+    """Torch's CPU threads per :func:`models.hardware.thread_policy`, set before torch loads (through
+    ``OMP_NUM_THREADS``, which torch reads at import and Ultralytics' tracking keeps); a process that already
+    loaded torch (an embedding program) gets ``torch.set_num_threads`` only when ``--threads`` asks for it."""
+    import os
+    import sys
+
+    from models.hardware import thread_policy
+
+    count, _ = thread_policy(threads)
+    if "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = str(count)
+    elif threads is not None:
+        import torch
+
+        torch.set_num_threads(count)
 
 
 def quiet_logs_off_terminal() -> None:
