@@ -44,9 +44,9 @@ def usable_cores() -> int:
 def thread_policy(requested: int | None = None) -> tuple[int, str]:
     """How many threads torch should use here, and why: ``requested`` if given, else ``OMP_NUM_THREADS`` if set,
     else the cores the last minute's load average leaves free (at least 1). Why: on a 2-core host, training with 2
-    threads went from 8.7 to 2.0 steps/s when one other process started, while a 1-thread run beside it kept 4.8 (in bf16; the 3D
-    benchmark's training, 2026-11-24): torch's threads wait for each other at every operation, so a thread without
-    a free core costs more than it brings."""
+    threads went from 8.7 to 2.0 steps/s when one other process started, while a 1-thread run beside it kept 4.8
+    (in bf16; the 3D benchmark's training, 2026-11-24): torch's threads wait for each other at every operation, so a
+    thread without a free core costs more than it brings."""
     cores = usable_cores()
     if requested is not None:
         if requested < 1:

@@ -20,9 +20,18 @@ from pipeline.cameras import project, to_camera
 _RIDGE = 1e-9
 
 
+_MIN_DEPTH = 0.05  # of the camera distance: nearer (or behind), a view gives a Gauss-Newton step no weight
+
+
 def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched 3x3 solves; a system that is singular in floating point (a joint no view constrains in some
+    direction) gives 0 instead of stopping the whole batch (seen at close cameras: a float32 LU failure at
+    batch element 81600 of a MAS step)."""
     eye = torch.eye(3, dtype=a.dtype, device=a.device)
-    return torch.linalg.solve(a + _RIDGE * eye, b.unsqueeze(-1)).squeeze(-1)
+    x, info = torch.linalg.solve_ex(a + _RIDGE * eye, b.unsqueeze(-1))
+    x = x.squeeze(-1)
+    bad = (info != 0).unsqueeze(-1) | ~torch.isfinite(x)
+    return torch.where(bad.any(-1, keepdim=True), torch.zeros_like(x), x)
 
 
 def _weights(points: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -109,12 +118,13 @@ def triangulate_perspective(
     x = _solve(*_normal_equations(basis, points, w, distance * points))
     for _ in range(refine_iters):
         cam = to_camera(x, rot)  # [..., V, L, J, 3]
-        depth = (distance + cam[..., 2]).clamp_min(1e-6)
+        in_front = distance + cam[..., 2] > _MIN_DEPTH * distance  # a point at or behind a camera: no weight there
+        depth = (distance + cam[..., 2]).clamp_min(_MIN_DEPTH * distance)
         proj = distance * cam[..., :2] / depth.unsqueeze(-1)
         # the Jacobian of proj is (d r_k - proj_k r_z) / depth: Gauss-Newton's JᵀJ and Jᵀr are the same kind of
         # system with weights w / depth² and right-hand side depth * residual
         residual = (proj - points) * depth.unsqueeze(-1)
-        x = x - _solve(*_normal_equations(basis, proj, w / depth**2, residual))
+        x = x - _solve(*_normal_equations(basis, proj, w * in_front / depth**2, residual))
     return x
 
 
