@@ -87,7 +87,7 @@ def pose_task(workspace: str, config: str, video_id: str, force: bool, overrides
 
     ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
-        result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, force=force, progress=False)
+        result = pose_video(ws, video_id, cfg.pose, cfg.body_model, force=force, progress=False)
     if result.status == "failed":
         raise VideoStageError(f"pose of {video_id} failed: {result.error}")
     row = {"video_id": video_id, "status": result.status, "poses": result.rows}
