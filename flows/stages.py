@@ -146,7 +146,7 @@ def download_flow(config: str, workspace: str | None = None,
     from pipeline.download import expand_sources
 
     ws, cfg = open_inputs(workspace, config, overrides)
-    items = expand_sources(cfg.sources)
+    items = expand_sources(cfg.sources, ws)
     futures = [(item, download_item.submit(workspace, s.model_dump(), item, config, overrides)) for s, item in items]
     rows = _gather(futures, "download", f"download-progress-{cfg.name}")
     artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))
