@@ -286,8 +286,6 @@ class DatasetConfig(_Strict):
         from pipeline.keypoint_maps import keypoint_map
 
         body = self.body_model
-        if "ball" in body.extra_joints and "sports ball" not in self.detector.classes:
-            raise ValueError("the skeleton has the extra joint 'ball' but detector.classes has no 'sports ball'")
         try:
             keypoint_map(pose_keypoints(self.pose, body), body)
         except SkeletonError as exc:
