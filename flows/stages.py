@@ -87,7 +87,7 @@ def pose_task(workspace: str, config: str, video_id: str, force: bool, overrides
 
     ws, cfg = open_inputs(workspace, config, overrides)
     with gpu_slot():
-        result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, force=force, progress=False)
+        result = pose_video(ws, video_id, cfg.pose, cfg.body_model, force=force, progress=False)
     if result.status == "failed":
         raise VideoStageError(f"pose of {video_id} failed: {result.error}")
     row = {"video_id": video_id, "status": result.status, "poses": result.rows}
@@ -146,7 +146,7 @@ def download_flow(config: str, workspace: str | None = None,
     from pipeline.download import expand_sources
 
     ws, cfg = open_inputs(workspace, config, overrides)
-    items = expand_sources(cfg.sources)
+    items = expand_sources(cfg.sources, ws)
     futures = [(item, download_item.submit(workspace, s.model_dump(), item, config, overrides)) for s, item in items]
     rows = _gather(futures, "download", f"download-progress-{cfg.name}")
     artifacts.catalog_table(ws, "video", key(f"videos-{cfg.name}"))

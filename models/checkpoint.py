@@ -11,6 +11,7 @@ import torch
 
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
+from pipeline.skeletons import Skeleton, SkeletonError, check_joint_count, resolve_skeleton
 from storage import Workspace
 
 CHECKPOINT_FORMAT = 1
@@ -56,6 +57,12 @@ class TrainedModel:
     fps: float
     step: int
     dataset: str = ""
+    skeleton_definition: Skeleton | None = None  # read from the checkpoint; None: the built-in skeleton ``skeleton``
+
+    @property
+    def skeleton_model(self) -> Skeleton:
+        """The skeleton the model was trained on (its stored definition, else the built-in one of that name)."""
+        return self.skeleton_definition or resolve_skeleton(self.skeleton, where=f"checkpoint of {self.dataset!r}")
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +85,11 @@ def load_trained_model(
     model.eval()
     train_cfg = json.loads(payload["train_config"])
     data = payload["dataset"]
+    try:  # before any work: an unknown or inconsistent skeleton fails here, naming the checkpoint
+        skeleton = resolve_skeleton(str(data["skeleton"]), data.get("skeleton_definition"), path)
+        check_joint_count(skeleton, int(payload["model_config"]["num_joints"]), path)
+    except SkeletonError as exc:
+        raise CheckpointError(str(exc)) from None
     return TrainedModel(
         model=model,
         # checkpoints from before ``noise_schedule`` existed were trained with the plain cosine
@@ -89,6 +101,7 @@ def load_trained_model(
         fps=float(data["fps"]),
         step=int(payload["step"]),
         dataset=str(data["name"]),
+        skeleton_definition=skeleton,
     )
 
 

@@ -31,7 +31,6 @@ from pipeline.cameras import (
     view_azimuths,
 )
 from pipeline.rigid import project_to_rigid
-from pipeline.skeletons import get_skeleton
 
 
 class SamplingError(RuntimeError):
@@ -159,7 +158,7 @@ def mas_sample(
         motion = per_sample_triangulate(x0_hat, rot)
         _check_finite("the triangulated motion", motion, i)
         if cfg.rigid_bones:
-            motion = project_to_rigid(motion, get_skeleton(trained.skeleton))
+            motion = project_to_rigid(motion, trained.skeleton_model)
         z0_tilde = trained.normalise(per_sample_project(motion, rot, cfg.projection, distance))
         eps3d, noise = draw_noise(rot)
         x = diffusion.step(z0_tilde, x, _timestep(i, num_samples, device), noise)
@@ -172,7 +171,7 @@ def mas_sample(
     final = per_sample_triangulate(trained.denormalise(x), rot)
     _check_finite("the final motion", final, 0)
     if cfg.rigid_bones:
-        final = project_to_rigid(final, get_skeleton(trained.skeleton))
+        final = project_to_rigid(final, trained.skeleton_model)
     return final
 
 

@@ -35,6 +35,7 @@ from models.checkpoint import (
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import DEFAULT_NOISE_SCHEDULE, Diffusion
 from models.hardware import native_bf16
+from pipeline.skeletons import dataset_skeleton, resolve_skeleton
 from storage import Workspace
 from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset
 
@@ -242,6 +243,7 @@ def train(
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dataset = open_motion_dataset(ws, dataset_name)
+    skeleton = dataset_skeleton(dataset, dataset_name)  # an unknown or mismatched skeleton fails before training
     check_trainable(dataset, dataset_name)
     folder = ws.checkpoint_dir(run)
     ckpt_path = f"{folder}/{CHECKPOINT_NAME}"
@@ -274,6 +276,11 @@ def train(
                 f"{ckpt_path} was trained on dataset {payload['dataset']['name']!r} with model "
                 f"{payload['model_config']}; it cannot resume this run. Choose another run name or pass resume=False"
             )
+        saved = resolve_skeleton(str(payload["dataset"]["skeleton"]), payload["dataset"].get("skeleton_definition"),
+                                 ckpt_path)  # fmt: skip
+        if not saved.same_body(skeleton):
+            raise CheckpointError(f"{ckpt_path} was trained on skeleton {saved.name!r}, dataset {dataset_name!r} is in "
+                                  f"{skeleton.name!r}; choose another run name or pass resume=False")  # fmt: skip
         saved_schedule = json.loads(payload["train_config"]).get("noise_schedule", "cosine")
         if saved_schedule != cfg.noise_schedule:
             raise CheckpointError(
@@ -320,7 +327,8 @@ def train(
             "train_config": json.dumps(asdict(cfg)),
             "dataset": {
                 "name": dataset_name,
-                "skeleton": dataset.skeleton,
+                "skeleton": skeleton.name,
+                "skeleton_definition": skeleton.to_json(),  # load_trained_model needs no registry entry
                 "fps": float(dataset.meta.get("fps", 30.0)),
                 "conf_threshold": dataset.conf_threshold,
                 "mean": torch.as_tensor(dataset.mean),

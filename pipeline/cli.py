@@ -258,13 +258,13 @@ def pose(
     ws = open_workspace(workspace)
     ids = _video_ids(ws, video, kind="tracks")
     try:
-        backend = make_backend(cfg.pose, cfg.skeleton)
+        backend = make_backend(cfg.pose, cfg.body_model)
     except (WeightsError, RuntimeError, ValueError) as exc:
         fail(str(exc))
         return
     rows = []
     for video_id in ids:
-        result = pose_video(ws, video_id, cfg.pose, cfg.skeleton, backend=backend, force=force)
+        result = pose_video(ws, video_id, cfg.pose, cfg.body_model, backend=backend, force=force)
         detail = result.error or f"{result.rows} poses"
         if overlay and result.status in ("done", "skipped"):
             detail += f"; overlay {write_overlay(ws, video_id)[0]}"
@@ -458,6 +458,11 @@ def sample(
     if "fit_error_mean" in export:
         typer.echo(f"export: {export['note']}; rigid joints {export['fit_error_mean']:.4f} body heights from the "
                    f"sampled ones on average (max {export['fit_error_max']:.4f})")  # fmt: skip
+    elif export.get("note"):
+        typer.echo(f"export: {export['note']}")
+    if export.get("tree") is False:
+        console.print("[bold yellow]note:[/] the skeleton's bones do not form a tree; see the export note above",
+                      highlight=False)  # fmt: skip
     for path in result.paths:
         typer.echo(f"  {path}")
 

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.skeletons import SKELETONS
+from pipeline.skeletons import SKELETONS, Skeleton, SkeletonError
 from storage.ids import check_id
 
 DETECTOR_CLASSES = ("person", "horse", "sports ball")
@@ -167,9 +167,82 @@ class ProcessConfig(_Strict):
         return self
 
 
+# joints the pose stage fills from the tracks rather than from a pose backend
+FILLED_EXTRA_JOINTS = {"ball": "the centre of the nearest 'sports ball' detection (detector.classes needs it)"}
+
+
+class SkeletonSpec(_Strict):
+    """A user-defined skeleton (the dataset config's ``skeleton:`` as a mapping instead of a built-in name).
+
+    Joints are named; bones, mirror pairs and the root refer to them by name. ``keypoints_from`` names the pose
+    backend's keypoint set (coco17; apt36k17 with the ViTPose+ APT-36K expert) and ``derive`` gives a formula for each
+    joint that is not a keypoint of that set: a source joint name, a ``{joint: weight}`` mapping whose weights sum to
+    1, or a list of those tried in order when a source joint is missing (see ``pipeline.keypoint_maps``). Joints not in
+    ``derive`` are copied from the source joint of the same name."""
+
+    name: str = Field(min_length=1)
+    joints: list[str] = Field(min_length=1)
+    bones: list[tuple[str, str]] = Field(default_factory=list)
+    mirror_pairs: list[tuple[str, str]] = Field(default_factory=list, description="left/right twins (mirroring)")
+    root: list[str] = Field(min_length=1, description="joint(s) whose mean is the body's centre")
+    extra_joints: list[str] = Field(default_factory=list, description="non-body joints (only: ball)")
+    description: str = ""
+    keypoints_from: str | None = Field(default=None, description="the pose backend's keypoints (coco17, apt36k17)")
+    derive: dict[str, str | dict[str, float] | list[str | dict[str, float]]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _new_name(cls, value: str) -> str:
+        check_id(value, "skeleton name")
+        if value in SKELETONS:
+            raise ValueError(f"skeleton name {value!r} is built in; give your skeleton another name, or write "
+                             f"`skeleton: {value}` to use the built-in one")  # fmt: skip
+        return value
+
+    @model_validator(mode="after")
+    def _valid(self) -> SkeletonSpec:
+        if self.derive and not self.keypoints_from:
+            raise ValueError("derive needs keypoints_from (the keypoint set its formulas read)")
+        if self.keypoints_from and self.keypoints_from not in SKELETONS:
+            raise ValueError(f"keypoints_from: unknown keypoint set {self.keypoints_from!r}; "
+                             f"known: {', '.join(sorted(SKELETONS))}")  # fmt: skip
+        unfilled = [j for j in self.extra_joints if j not in FILLED_EXTRA_JOINTS]
+        if unfilled:
+            raise ValueError(f"extra_joints {unfilled}: the pose stage fills only "
+                             f"{', '.join(f'{k} ({v})' for k, v in FILLED_EXTRA_JOINTS.items())}")  # fmt: skip
+        try:
+            skeleton = self.to_skeleton()
+        except SkeletonError as exc:
+            raise ValueError(str(exc)) from None
+        if self.keypoints_from:
+            from pipeline.keypoint_maps import keypoint_map
+
+            try:
+                keypoint_map(self.keypoints_from, skeleton)
+            except SkeletonError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def to_skeleton(self) -> Skeleton:
+        derive = {}
+        for joint, formula in self.derive.items():
+            alternatives = formula if isinstance(formula, list) else [formula]
+            derive[joint] = [{f: 1.0} if isinstance(f, str) else f for f in alternatives]
+        return Skeleton.from_dict({**self.model_dump(exclude={"derive"}), "derive": derive})
+
+
+def pose_keypoints(pose: PoseConfig, body: Skeleton) -> str:
+    """The keypoint set a pose backend gives: COCO-17, or APT-36K for the ViTPose+ animal expert (dataset_index 5)
+    and for ViTPose models asked for apt36k17."""
+    if pose.backend == "vitpose" and (pose.dataset_index == 5 or body.name == "apt36k17" or
+                                      body.keypoints_from == "apt36k17"):  # fmt: skip
+        return "apt36k17"
+    return "coco17"
+
+
 class DatasetConfig(_Strict):
     name: str
-    skeleton: str
+    skeleton: str | SkeletonSpec = Field(description="a built-in skeleton's name, or a user skeleton (a mapping)")
     fps: float = Field(gt=0, description="frames per second of the dataset's clips")
     sources: list[Source] = Field(min_length=1)
     download: DownloadConfig = DownloadConfig()
@@ -184,15 +257,39 @@ class DatasetConfig(_Strict):
 
     @field_validator("skeleton")
     @classmethod
-    def _known_skeleton(cls, value: str) -> str:
-        if value not in SKELETONS:
-            raise ValueError(f"unknown skeleton {value!r}; known skeletons: {', '.join(sorted(SKELETONS))}")
+    def _known_skeleton(cls, value: str | SkeletonSpec) -> str | SkeletonSpec:
+        if isinstance(value, str) and value not in SKELETONS:
+            raise ValueError(f"unknown skeleton {value!r}; known skeletons: {', '.join(sorted(SKELETONS))}; or "
+                             "define your own: a mapping with name, joints, bones, mirror_pairs, root "
+                             "(see configs/custom_skeleton.yaml)")  # fmt: skip
         return value
+
+    @property
+    def skeleton_name(self) -> str:
+        return self.skeleton if isinstance(self.skeleton, str) else self.skeleton.name
+
+    @property
+    def body_model(self) -> Skeleton:
+        """The dataset's skeleton: the built-in one, or the config's own definition."""
+        return SKELETONS[self.skeleton] if isinstance(self.skeleton, str) else self.skeleton.to_skeleton()
 
     @model_validator(mode="after")
     def _ball_needs_ball_skeleton(self) -> DatasetConfig:
-        if "sports ball" in self.detector.classes and self.skeleton != "coco17_ball":
-            raise ValueError("detector.classes has 'sports ball' but the skeleton is not coco17_ball")
+        if "sports ball" in self.detector.classes and "ball" not in self.body_model.extra_joints:
+            raise ValueError("detector.classes has 'sports ball' but the skeleton has no extra joint 'ball' "
+                             "(coco17_ball has one)")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _pose_backend_makes_the_skeleton(self) -> DatasetConfig:
+        """The pose backend's keypoints must map onto the skeleton's body joints (pipeline.keypoint_maps)."""
+        from pipeline.keypoint_maps import keypoint_map
+
+        body = self.body_model
+        try:
+            keypoint_map(pose_keypoints(self.pose, body), body)
+        except SkeletonError as exc:
+            raise ValueError(f"pose backend {self.pose.backend}: {exc}") from None
         return self
 
 

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from pipeline.config import DatasetConfig  # noqa: E402
 from pipeline.process import ProcessedClips, finalize, process_tracks, tracks_from_poses  # noqa: E402
-from pipeline.skeletons import Skeleton, get_skeleton  # noqa: E402
+from pipeline.skeletons import Skeleton, SkeletonError, resolve_skeleton, skeleton_meta  # noqa: E402
 from pipeline.visualize import plot_pose_2d  # noqa: E402
 from storage import Catalog, Workspace, params_hash, stage_key  # noqa: E402
 from storage.locks import ArtifactLock  # noqa: E402
@@ -46,7 +46,8 @@ def build_dataset(
 
 def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | None, force: bool) -> DatasetResult:
     catalog = Catalog(ws)
-    skeleton = get_skeleton(config.skeleton)
+    skeleton = config.body_model
+    stored = skeleton_meta(skeleton)
     records = {r.id: r for r in catalog.records("poses") if r.status == "done"}
     ids = sorted(records) if video_ids is None else video_ids
     missing = [v for v in ids if v not in records]
@@ -55,7 +56,7 @@ def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | 
     if not ids:
         raise ValueError("no videos with finished poses in the workspace; run download, track and pose first")
     key = stage_key("process", [records[v].key or v for v in ids],
-                    {"process": config.process, "fps": config.fps, "skeleton": config.skeleton})  # fmt: skip
+                    {"process": config.process, "fps": config.fps, **stored})  # fmt: skip
     if not force and catalog.is_done("dataset", config.name, key):
         record = catalog.get("dataset", config.name)
         return DatasetResult(config.name, record.meta.get("num_clips", 0), record.meta.get("dropped", {}),
@@ -66,7 +67,7 @@ def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | 
         failed: dict[str, str] = {}
         for video_id in ids:
             frame, meta = read_poses(ws, video_id)
-            if meta.get("skeleton") != skeleton.name:
+            if not _same_skeleton(meta, skeleton, video_id):
                 merged.dropped["skeleton_mismatch_videos"] += 1
                 continue
             try:
@@ -88,7 +89,7 @@ def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | 
                 + (f"; failed videos: {failed}" if failed else "")
             )
         clips, index = finalize(merged, skeleton, config.process)
-        meta = {"skeleton": skeleton.name, "fps": config.fps, "videos": ids, "params_hash": params_hash(config.process),
+        meta = {**stored, "fps": config.fps, "videos": ids, "params_hash": params_hash(config.process),
                 "dropped": dict(merged.dropped), "failed_videos": failed, **merged.stats}  # fmt: skip
         paths = write_motion_dataset(ws, config.name, clips, index, meta, config.process.conf_threshold)
         paths += write_card(ws, config.name, clips, index, skeleton, config.process.conf_threshold, meta)
@@ -100,6 +101,18 @@ def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | 
                "train": int(counts.get("train", 0)), "test": int(counts.get("test", 0))}  # fmt: skip
     catalog.mark_done("dataset", config.name, key=key, outputs=paths, params=config.process.model_dump(), meta=summary)
     return DatasetResult(config.name, len(clips), dict(merged.dropped), paths)
+
+
+def _same_skeleton(pose_meta: dict, skeleton: Skeleton, video_id: str) -> bool:
+    """Whether a video's poses are in the dataset's skeleton (same name and, for a stored definition, same body)."""
+    if pose_meta.get("skeleton") != skeleton.name:
+        return False
+    try:
+        posed = resolve_skeleton(skeleton.name, pose_meta.get("skeleton_definition"), f"poses of {video_id}")
+    except SkeletonError as exc:
+        log.warning("process: %s", exc)
+        return False
+    return posed.same_body(skeleton)
 
 
 def card_summary(clips: list[np.ndarray], index: pd.DataFrame, skeleton: Skeleton, threshold: float) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import DownloadConfig, Source
+from pipeline.nba_source import NbaApiSource
 from pipeline.video import VideoError, is_video_file, probe_video, write_trimmed
 from storage import Catalog, Workspace, file_sha256, slugify
 
@@ -29,31 +30,9 @@ class IngestResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class NbaApiSource:
-    """Lists NBA play videos through the ``nba_api`` package (stats.nba.com must be reachable).
-
-    ``value`` is a query such as ``season=2023-24;max_plays=200``. Not reachable from machines without internet:
-    the error says so, and other sources still run.
-    """
-
-    def __init__(self, query: str):
-        self.params = dict(part.split("=", 1) for part in query.split(";") if "=" in part)
-
-    def urls(self) -> list[str]:
-        try:
-            from nba_api.stats.endpoints import videoevents  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError(
-                "the nba_api source needs the `nba_api` package (pip install nba_api) and access to stats.nba.com"
-            ) from exc
-        raise RuntimeError(
-            "listing NBA play videos needs game ids from stats.nba.com, which this machine cannot reach; "
-            "use a url_file source with the play video URLs instead"
-        )
-
-
-def expand_sources(sources: Iterable[Source]) -> list[tuple[Source, str]]:
-    """Flatten sources into ``(source, item)`` pairs: one URL or one local file each."""
+def expand_sources(sources: Iterable[Source], ws: Workspace | None = None) -> list[tuple[Source, str]]:
+    """Flatten sources into ``(source, item)`` pairs: one URL or one local file each. ``nba_api`` sources list play
+    videos through stats.nba.com (:mod:`pipeline.nba_source`), recording each play in ``ws``'s catalog."""
     items: list[tuple[Source, str]] = []
     for source in sources:
         if source.kind == "url":
@@ -75,7 +54,7 @@ def expand_sources(sources: Iterable[Source]) -> list[tuple[Source, str]]:
             else:
                 raise FileNotFoundError(f"local source {path} does not exist")
         elif source.kind == "nba_api":
-            items.extend((source, url) for url in NbaApiSource(source.value).urls())
+            items.extend((source, url) for url in NbaApiSource(source.value, ws).urls())
     return items
 
 
@@ -191,7 +170,7 @@ def download_all(ws: Workspace, sources: Iterable[Source], cfg: DownloadConfig, 
     from tqdm.auto import tqdm
 
     results: list[IngestResult] = []
-    items = expand_sources(sources)
+    items = expand_sources(sources, ws)
     for source, item in tqdm(items, desc="download", disable=not progress, unit="video"):
         results.extend(fetch_item(ws, source, item, cfg))
     return results

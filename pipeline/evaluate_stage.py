@@ -42,7 +42,7 @@ from models.trainer import resolve_device  # noqa: E402
 from pipeline import baselines  # noqa: E402
 from pipeline.cameras import DEFAULT_DISTANCE, DEFAULT_ELEVATION, normalize_2d, project, rotation_matrix  # noqa: E402
 from pipeline.evaluator_store import load_or_train_evaluator  # noqa: E402
-from pipeline.skeletons import get_skeleton  # noqa: E402
+from pipeline.skeletons import SkeletonError, dataset_skeleton  # noqa: E402
 from storage import Catalog, Workspace  # noqa: E402
 from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset, read_truth_3d  # noqa: E402
 
@@ -241,7 +241,10 @@ def run_evaluation(
     dev = resolve_device(device)
     trained = load_trained_model(ws, run, dev)
     dataset = open_motion_dataset(ws, trained.dataset)
-    skeleton = get_skeleton(dataset.skeleton)
+    skeleton = dataset_skeleton(dataset, trained.dataset)
+    if not skeleton.same_body(trained.skeleton_model):
+        raise SkeletonError(f"run {run!r} was trained on skeleton {trained.skeleton!r} but its dataset "
+                            f"{trained.dataset!r} is now in {skeleton.name!r}; retrain the run")  # fmt: skip
     length = length or int(min(60, dataset.split("train")["length"].median()))
     truth = read_truth_3d(ws, dataset)
     test_xy = dataset_xy(dataset, "test", length)  # the reference: the paper's protocol uses the test split
@@ -304,8 +307,12 @@ def check_sample_set(ws: Workspace, sample_name: str, skeleton, length: int) -> 
     if not ws.exists(path):
         raise FileNotFoundError(f"sample set {sample_name!r} is not in {ws.url} (no {path}); sample it first with "
                                 f"`mas sample --run RUN --name {sample_name}`, or check --samples")  # fmt: skip
-    with ws.local_copy(path) as local:
-        motions = np.load(local)["motions"]
+    with ws.local_copy(path) as local, np.load(local) as npz:
+        motions = npz["motions"]
+        stored = str(npz["skeleton"]) if "skeleton" in npz.files else skeleton.name
+    if stored != skeleton.name:
+        raise ValueError(f"sample set {sample_name} was sampled in skeleton {stored!r}; the dataset's skeleton is "
+                         f"{skeleton.name!r}; evaluate it with a run of its own dataset")  # fmt: skip
     if motions.shape[1] < length:
         raise ValueError(f"sample set {sample_name} has {motions.shape[1]} frames; evaluation needs {length}")
     if motions.shape[2] != len(skeleton.joints):

@@ -31,7 +31,7 @@ import pandas as pd
 
 from pipeline.cameras import OFFICIAL_NBA_MEAN_POSE_HEIGHT, normalize_2d, pose_height
 from pipeline.process import centre_root_per_frame
-from pipeline.skeletons import get_skeleton
+from pipeline.skeletons import dataset_skeleton, get_skeleton
 from storage import Workspace
 from storage.motion_dataset import DatasetFormatError, MotionDataset, normalisation_stats, write_motion_dataset
 
@@ -82,7 +82,7 @@ def export_mas_layout(
         raise ValueError(f"export scale must be a positive number or 'official', got {scale!r}")
     if root_centring not in ("clip", "frame"):
         raise ValueError(f"root_centring must be 'clip' or 'frame', got {root_centring!r}")
-    root = get_skeleton(dataset.skeleton).root
+    root = dataset_skeleton(dataset, dataset.meta.get("name", dataset.folder)).root
     motions = os.path.join(out_dir, "motions")
     os.makedirs(motions, exist_ok=True)
     train_clips = []

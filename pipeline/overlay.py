@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.skeletons import get_skeleton
+from pipeline.skeletons import resolve_skeleton
 from pipeline.video import iter_frames
 from storage import Catalog, Workspace
 from storage.tables import keypoints_of, read_poses, read_tracks
@@ -43,7 +43,8 @@ def write_overlay(ws: Workspace, video_id: str, max_width: int = 960, threshold:
     video = catalog.get("video", video_id)
     tracks, meta = read_tracks(ws, video_id)
     poses, pose_meta = read_poses(ws, video_id) if catalog.is_done("poses", video_id) else (None, {})
-    skeleton = get_skeleton(pose_meta.get("skeleton", "coco17"))
+    skeleton = resolve_skeleton(pose_meta.get("skeleton", "coco17"), pose_meta.get("skeleton_definition"),
+                                f"poses of {video_id}")  # fmt: skip
     people = tracks[tracks["track_id"] >= 0]
     by_frame = {f: g for f, g in people.groupby("frame")}
     pose_by_frame = {f: g for f, g in poses.groupby("frame")} if poses is not None else {}

@@ -7,6 +7,11 @@ Backends:
 - ``vitpose``: ViTPose / ViTPose+ through ``transformers`` (``VitPoseForPoseEstimation``); ``dataset_index`` picks
   the ViTPose+ expert (0 COCO, 5 APT-36K animals), batched over all boxes of a frame.
 Joints a backend does not find keep confidence 0 and NaN coordinates: never a fake position.
+
+The dataset skeleton decides what is stored: a backend's keypoints are mapped onto the skeleton's body joints by
+:func:`pipeline.keypoint_maps.keypoint_map` (nba16's Hip, Neck and Head derived from COCO-17, a user skeleton's
+``derive`` formulas; the identity when the skeleton is the backend's own), and the extra joint ``ball`` is the nearest
+sports ball detection.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.config import PoseConfig
+from pipeline.config import PoseConfig, pose_keypoints
+from pipeline.keypoint_maps import KeypointMap, keypoint_map
 from pipeline.pose_refine import refine_poses
-from pipeline.skeletons import Skeleton, get_skeleton
+from pipeline.skeletons import Skeleton, get_skeleton, skeleton_meta
 from pipeline.video import iter_frames
 from storage import Catalog, Workspace, stage_key
 from storage.tables import poses_frame, read_tracks, write_poses
@@ -226,8 +232,40 @@ class VitPoseBackend:
         return out
 
 
-def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
-    body = "coco17" if skeleton == "coco17_ball" else skeleton
+class MappedBackend:
+    """A backend whose keypoints are mapped onto another skeleton's body joints (:mod:`pipeline.keypoint_maps`)."""
+
+    def __init__(self, backend: PoseBackend, mapping: KeypointMap):
+        self.backend = backend
+        self.mapping = mapping
+        self.skeleton = mapping.target
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return self.mapping.apply(self.backend.estimate(image, boxes))
+
+    def close(self) -> None:
+        if hasattr(self.backend, "close"):
+            self.backend.close()
+
+
+def as_skeleton(skeleton: Skeleton | str) -> Skeleton:
+    return get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
+
+
+def body_backend(backend: PoseBackend, skeleton: Skeleton | str) -> PoseBackend:
+    """``backend`` giving ``skeleton``'s body joints (in the order of ``skeleton.body_joints``): itself when it gives
+    them already, else wrapped in the keypoint map; a clear error when no map exists."""
+    skeleton = as_skeleton(skeleton)
+    if isinstance(backend, MappedBackend) and backend.mapping.target == skeleton:
+        return backend
+    mapping = keypoint_map(backend.skeleton, skeleton)
+    return backend if mapping.is_identity else MappedBackend(backend, mapping)
+
+
+def make_backend(cfg: PoseConfig, skeleton: Skeleton | str) -> PoseBackend:
+    """The configured backend, giving the body joints of the dataset ``skeleton`` (mapped when needed)."""
+    skeleton = as_skeleton(skeleton)
+    keypoint_map(pose_keypoints(cfg, skeleton), skeleton)  # fails before a model is loaded
     if cfg.backend == "mediapipe":
         backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
                                    flip_test=cfg.flip_test)  # fmt: skip
@@ -235,11 +273,9 @@ def make_backend(cfg: PoseConfig, skeleton: str) -> PoseBackend:
         padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
         backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
     else:
-        backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index, body)
-    if backend.skeleton.name != body:
-        raise ValueError(f"pose backend {cfg.backend} gives {backend.skeleton.name} keypoints but the dataset "
-                         f"skeleton is {skeleton}; pick another backend or skeleton")  # fmt: skip
-    return backend
+        backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index,
+                                 pose_keypoints(cfg, skeleton))  # fmt: skip
+    return body_backend(backend, skeleton)
 
 
 def nearest_ball(person_box: np.ndarray, balls: np.ndarray) -> np.ndarray:
@@ -260,21 +296,25 @@ class PoseResult:
     error: str | None = None
 
 
-def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton_name: str, backend: PoseBackend | None = None,
-               force: bool = False, progress: bool = True) -> PoseResult:  # fmt: skip
-    """Estimate poses for every tracked box of one video, writing ``poses/<video_id>.parquet``."""
+def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton | str,
+               backend: PoseBackend | None = None, force: bool = False,
+               progress: bool = True) -> PoseResult:  # fmt: skip
+    """Estimate poses for every tracked box of one video, writing ``poses/<video_id>.parquet`` in ``skeleton``."""
     catalog = Catalog(ws)
     tracks_record = catalog.get("tracks", video_id)
     if tracks_record is None or tracks_record.status != "done":
         raise ValueError(f"video {video_id!r} has no finished tracks; run `mas track` first")
-    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg, "skeleton": skeleton_name})
+    skeleton = as_skeleton(skeleton)
+    stored = skeleton_meta(skeleton)
+    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg, **stored})
     if not force and catalog.is_done("poses", video_id, key):
         return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
-    skeleton = get_skeleton(skeleton_name)
     catalog.mark_running("poses", video_id, key=key)
     try:
         tracks, meta = read_tracks(ws, video_id)
-        backend = backend or make_backend(cfg, skeleton_name)
+        backend = body_backend(backend or make_backend(cfg, skeleton), skeleton)
+        body = skeleton.body_joints
+        ball = skeleton.joints.index("ball") if "ball" in skeleton.extra_joints else None
         people = tracks[tracks["track_id"] >= 0]
         balls = tracks[tracks["class"] == "sports ball"]
         by_frame = {f: g for f, g in people.groupby("frame")}
@@ -290,20 +330,20 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton_name: str
                 if group is None:
                     continue
                 boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
-                keypoints = backend.estimate(image, boxes)
-                if skeleton.name == "coco17_ball":
+                keypoints = np.full((len(boxes), skeleton.num_joints, 3), np.nan, np.float32)
+                keypoints[..., 2] = 0.0
+                keypoints[:, body] = backend.estimate(image, boxes)
+                if ball is not None:
                     ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
-                    ball = np.stack([nearest_ball(b, ball_rows) for b in boxes])
-                    keypoints = np.concatenate([keypoints, ball[:, None]], 1)
+                    keypoints[:, ball] = np.stack([nearest_ball(b, ball_rows) for b in boxes])
                 parts.append(poses_frame(video_id, np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes,
                                          keypoints, skeleton.joints))  # fmt: skip
         table = pd.concat(parts, ignore_index=True) if parts else poses_frame(
             video_id, np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)),
             skeleton.joints)  # fmt: skip
         table, refined = refine_poses(table, skeleton, cfg, float(meta["fps"]))
-        path = write_poses(ws, video_id, table, {"skeleton": skeleton.name, "fps": meta["fps"],
-                                                 "width": meta["width"], "height": meta["height"],
-                                                 "backend": cfg.backend})  # fmt: skip
+        path = write_poses(ws, video_id, table, {**stored, "fps": meta["fps"], "width": meta["width"],
+                                                 "height": meta["height"], "backend": cfg.backend})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("poses", video_id, exc, key=key)
         return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")

@@ -29,14 +29,14 @@ from models.precision import checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 from pipeline.cameras import project, view_azimuths, view_rotations
+from pipeline.rigid import build_rig
 from pipeline.rigid_export import ExportConfig, write_rigid_outputs
-from pipeline.skeletons import get_skeleton
+from pipeline.skeletons import Skeleton, resolve_skeleton
 from pipeline.visualize import azimuth_label, render_motion_3d, views_strip
 from storage import Catalog, Workspace, file_sha256, stage_key
 from storage.bvh import to_bvh
 from storage.locks import ArtifactLock
 
-HUMAN_SKELETONS = ("coco17", "coco17_ball", "nba16")  # the free-point BVH (ExportConfig(rigid=False)) is for these
 log = logging.getLogger(__name__)
 
 
@@ -89,7 +89,7 @@ def run_sampling(
         paths = [ws.absolute(p) for p in record.outputs]
         if record.meta.get("export", {}).get("settings") != export.to_dict():  # same samples, other export
             with ws.local_copy(npz_path) as local:
-                skeleton = get_skeleton(str(np.load(local)["skeleton"]))
+                skeleton = stored_skeleton(np.load(local), npz_path)
             fps = load_trained_model(ws, run, "cpu").fps if ws.exists(ckpt) else 30.0
             written, summary = _write_export(ws, folder, motions, skeleton, fps, export)
             paths = [p for p in paths if not p.endswith((".bvh", "rigid.npz"))] + written
@@ -105,7 +105,7 @@ def run_sampling(
             f"checkpoint {run!r} was trained on skeleton {trained.skeleton!r}, not {expected_skeleton!r}; "
             "pick a run trained on the right dataset"
         )
-    skeleton = get_skeleton(trained.skeleton)
+    skeleton = trained.skeleton_model
     length = length or min(trained.model.config.max_len, 120)
     with ArtifactLock(ws, "sample", name):  # one writer per sample set
         catalog.mark_running("sample", name, key=key, run=run, method=method)
@@ -130,21 +130,39 @@ def run_sampling(
     return SampleResult(name, motions_np, paths, seconds, precision=precision, precision_reason=reason)
 
 
+def stored_skeleton(npz, where: str) -> Skeleton:
+    """The skeleton a ``motions.npz`` was sampled with (its stored definition, else the built-in one by name)."""
+    definition = str(npz["skeleton_definition"]) if "skeleton_definition" in npz.files else None
+    return resolve_skeleton(str(npz["skeleton"]), definition, where)
+
+
 def _write_export(ws, folder, motions, skeleton, fps, export: ExportConfig):
-    """BVH (+ rigid.npz) files; returns their paths and the export summary (logged, and kept in the catalog)."""
+    """BVH (+ rigid.npz) files; returns their paths and the export summary (logged, and kept in the catalog). Any
+    skeleton gets them; where its bones do not form a tree the summary's note (also logged as a warning) says what
+    the BVH holds instead."""
+    rig = build_rig(skeleton)
     if export.rigid:
         paths, summary, _ = write_rigid_outputs(ws, folder, motions, skeleton, fps, export)
         log.info("sample export: %s; rigid joints %.4f body heights from the sampled ones on average (max %.4f)",
                  summary["note"], summary["fit_error_mean"], summary["fit_error_max"])  # fmt: skip
-        return paths, summary
-    paths = []
-    if skeleton.name in HUMAN_SKELETONS:
+    else:
+        paths = []
+        index = {int(j): i for i, j in enumerate(skeleton.body_joints)}
+        bones = tuple((index[a], index[b]) for a, b in skeleton.bones)
         for i, motion in enumerate(motions):
-            body = motion[:, skeleton.body_joints]
-            text = to_bvh(body, tuple(skeleton.joints[j] for j in skeleton.body_joints), skeleton.bones, skeleton.root,
-                          fps)  # fmt: skip
+            text = to_bvh(motion[:, skeleton.body_joints], rig.joints, bones, rig.root, fps)
             paths.append(ws.write_text(f"{folder}/sample_{i:02d}.bvh", text))
-    return paths, {"note": "free-point BVH (position channels on every joint)", "settings": export.to_dict()}
+        note = "free-point BVH (position channels on every joint)"
+        if not rig.is_tree:
+            note += (
+                f"; skeleton {skeleton.name} is not a tree: its hierarchy leaves out the bones "
+                f"{', '.join(f'{a}-{b}' for a, b in rig.loose_bones)} (their joints keep their own positions)"
+            )
+        summary = {"note": note, "settings": export.to_dict()}
+    summary["tree"] = rig.is_tree
+    if not rig.is_tree:
+        log.warning("sample export: %s", summary["note"])
+    return paths, summary
 
 
 def _views(motion, rotations, mas: MASConfig, root: list[int], distance: float | None) -> np.ndarray:
@@ -160,7 +178,8 @@ def _views(motion, rotations, mas: MASConfig, root: list[int], distance: float |
 def _write_outputs(ws, folder, motions, skeleton, fps, params, render, mas: MASConfig, export: ExportConfig,
                    distance: float | None):  # fmt: skip
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, motions=motions, params=np.array(json.dumps(params)), skeleton=np.array(skeleton.name))
+    np.savez_compressed(buffer, motions=motions, params=np.array(json.dumps(params)), skeleton=np.array(skeleton.name),
+                        skeleton_definition=np.array(skeleton.to_json()))  # fmt: skip
     paths = [ws.write_bytes(f"{folder}/motions.npz", buffer.getvalue())]
     exported, summary = _write_export(ws, folder, motions, skeleton, fps, export)
     paths += exported

@@ -19,7 +19,7 @@ import pandas as pd
 from storage.ids import check_id
 from storage.workspace import Workspace
 
-KINDS = ("video", "tracks", "poses", "dataset", "checkpoint", "sample", "evaluation", "evaluator")
+KINDS = ("play", "video", "tracks", "poses", "dataset", "checkpoint", "sample", "evaluation", "evaluator")
 Status = Literal["done", "failed", "running"]
 State = Literal["done", "failed", "running", "interrupted", "stale", "missing"]
 

@@ -108,8 +108,8 @@ def test_download_all_and_bad_sources(media, tmp_path):
     assert [r.status for r in results] == ["done"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand_sources([Source(kind="local", value=str(tmp_path / "nothing"))])
-    with pytest.raises(RuntimeError, match="nba_api|stats.nba.com"):
-        expand_sources([Source(kind="nba_api", value="season=2023-24")])
+    with pytest.raises(RuntimeError, match="nba_api source: bad query item 'seasn=2023-24'"):
+        expand_sources([Source(kind="nba_api", value="seasn=2023-24")])  # the client: tests/test_nba_source.py
 
 
 def test_a_truncated_video_counts_the_frames_that_decode(tmp_path, demo_clip):

@@ -4,7 +4,9 @@ import pytest
 from pipeline.skeletons import SKELETONS, Skeleton, get_skeleton, mirror
 
 
-@pytest.mark.parametrize("name, joints", [("coco17", 17), ("coco17_ball", 18), ("nba16", 16), ("apt36k17", 17)])
+@pytest.mark.parametrize(
+    "name, joints", [("coco17", 17), ("coco17_ball", 18), ("nba16", 16), ("apt36k17", 17), ("halpe26", 26)]
+)
 def test_registry_sizes(name, joints):
     skeleton = get_skeleton(name)
     assert skeleton.num_joints == joints

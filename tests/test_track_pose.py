@@ -119,8 +119,9 @@ def test_vitpose_backend_with_a_config_built_model():
     size = (boxes[:, 2:] - boxes[:, :2]).max(1)[:, None]  # ViTPose looks at the box widened to 3:4 and enlarged by 1.25
     assert ((out[..., 0] >= boxes[:, :1] - 0.5 * size) & (out[..., 0] <= boxes[:, 2:3] + 0.5 * size)).all()
     assert ((out[..., 1] >= boxes[:, 1:2] - 0.5 * size) & (out[..., 1] <= boxes[:, 3:4] + 0.5 * size)).all()
-    with pytest.raises(ValueError, match="predicts 17 keypoints"):
-        VitPoseBackend(model=model, processor=VitPoseImageProcessor(), skeleton="nba16", device="cpu")
+    # the model's own keypoint set must match; nba16 is made from its COCO-17 keypoints (tests/test_keypoint_maps.py)
+    with pytest.raises(ValueError, match="predicts 17 keypoints but skeleton halpe26 has 26"):
+        VitPoseBackend(model=model, processor=VitPoseImageProcessor(), skeleton="halpe26", device="cpu")
     with pytest.raises(WeightsError, match="could not load ViTPose weights"):
         VitPoseBackend(weights=str(Path("/nonexistent/vitpose")), device="cpu")
 
