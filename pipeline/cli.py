@@ -123,6 +123,9 @@ def check_config(
     typer.echo(cfg.model_dump_json(indent=2))
 
 
+RICH_STATUS_ROWS = 200  # more rows than this are printed as plain aligned lines (a rich table of 10,000 takes ~5 s)
+
+
 @app.command()
 def status(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -132,16 +135,33 @@ def status(
     if kind is not None and kind not in KINDS:
         fail(f"--kind {kind!r} is not an artifact kind; use one of {', '.join(KINDS)}")
     catalog = Catalog(open_workspace(workspace, create=False))  # read-only: a typo must not create a folder
-    table = Table("kind", "id", "status", "updated", "error", title=f"workspace {workspace}")
-    count = 0
+    rows, problems = [], []
     for k in [kind] if kind else KINDS:
-        for record in catalog.records(k):
-            count += 1
+        for record in catalog.records(k, problems):
             shown = "interrupted" if record.status == "running" and catalog.interrupted(record) else record.status
-            colour = {"done": "green", "failed": "red", "interrupted": "red"}.get(shown, "yellow")
             note = record.error or ("its process is gone; rerun the stage" if shown == "interrupted" else "")
-            table.add_row(k, record.id, f"[{colour}]{shown}[/]", record.updated_at, note)
-    Console().print(table if count else "nothing recorded yet")
+            rows.append((k, record.id, shown, record.updated_at, note))
+    colours = {"done": "green", "failed": "red", "interrupted": "red", "corrupt": "red"}
+    if not rows and not problems:
+        Console().print("nothing recorded yet")
+    elif len(rows) <= RICH_STATUS_ROWS:
+        table = Table("kind", "id", "status", "updated", "error", title=f"workspace {workspace}")
+        for k, artifact_id, shown, updated, note in rows:
+            table.add_row(k, artifact_id, f"[{colours.get(shown, 'yellow')}]{shown}[/]", updated, note)
+        Console().print(table)
+    else:  # plain lines: fast for any number of records
+        from collections import Counter
+
+        width = max(len(r[1]) for r in rows)
+        lines = [f"workspace {workspace}: {len(rows)} records"]
+        for k, artifact_id, shown, updated, note in rows:
+            state = typer.style(f"{shown:<11}", fg=colours.get(shown, "yellow"))
+            lines.append(f"{k:<10} {artifact_id:<{width}} {state} {updated}  {note}".rstrip())
+        counts = Counter((r[0], r[2]) for r in rows)
+        lines.append("totals: " + ", ".join(f"{k} {shown} {n}" for (k, shown), n in sorted(counts.items())))
+        typer.echo("\n".join(lines))
+    for problem in problems:  # trashed record files: named, with the fix; the rest is listed above
+        console.print(f"[bold red]corrupt record:[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> list[str]:
