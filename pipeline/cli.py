@@ -17,6 +17,7 @@ from rich.table import Table
 from pipeline.config import ConfigError, DatasetConfig, load_config
 from storage import Catalog, Workspace
 from storage.catalog import KINDS
+from storage.workspace import DiskFullError
 
 app = typer.Typer(
     name="mas",
@@ -205,7 +206,7 @@ def download(
     extra = [Source(kind="local" if _Path(s).exists() else "url", value=s) for s in source or []]
     try:
         results = download_all(ws, [*cfg.sources, *extra], cfg.download)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (DiskFullError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
         return
     _report([(r.video_id, r.status, r.error or r.source) for r in results], "download")
@@ -251,7 +252,7 @@ def pose(
     ids = _video_ids(ws, video, kind="tracks")
     try:
         backend = make_backend(cfg.pose, cfg.skeleton)
-    except (WeightsError, RuntimeError, ValueError) as exc:
+    except (DiskFullError, WeightsError, RuntimeError, ValueError) as exc:
         fail(str(exc))
         return
     rows = []
@@ -294,7 +295,7 @@ def poses(
     try:
         result = quick_poses(video, ws, start=start, end=end, offline=offline, force=force, overlay=overlay,
                              log=lambda m: console.print(m, highlight=False))  # fmt: skip
-    except (ValueError, RuntimeError) as exc:
+    except (DiskFullError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
     typer.echo(f"{result.video_id}: {result.tracks} tracks, {result.poses} poses ({result.models})")
@@ -317,7 +318,7 @@ def process(
     ws = open_workspace(workspace)
     try:
         result = build_dataset(ws, cfg, force=force)
-    except (ValueError, ArtifactLockedError) as exc:
+    except (DiskFullError, ValueError, ArtifactLockedError) as exc:
         fail(str(exc))
         return
     note = " (already up to date; --force to rebuild)" if result.skipped else ""
@@ -358,7 +359,7 @@ def train(
             save_every=save_every, device=device, compile=compile, seed=seed, noise_schedule=noise_schedule,
         )  # fmt: skip
         result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
-    except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
+    except (DiskFullError, ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
         fail(str(exc))
         return
     finally:
@@ -433,7 +434,7 @@ def sample(
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
                               length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, precision=precision,
                               render=render, force=force, export=export)  # fmt: skip
-    except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
+    except (DiskFullError, SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
     note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s ({result.precision})"
@@ -485,7 +486,7 @@ def export_mas(
         chosen = scale if scale == "official" else float(scale)
         data = open_motion_dataset(open_workspace(workspace), dataset)
         export_mas_layout(data, str(out), fps=fps, scale=chosen, root_centring=root_centring)  # type: ignore[arg-type]
-    except (ValueError, DatasetFormatError, FileNotFoundError) as exc:
+    except (DiskFullError, ValueError, DatasetFormatError, FileNotFoundError) as exc:
         fail(str(exc))
         return
     typer.echo(f"{len(data.index)} motions of {dataset} written to {out}/motions (Mean.npy, Std.npy, mas_layout.json)")
@@ -508,7 +509,7 @@ def import_mas(
     try:
         paths = import_mas_layout(open_workspace(workspace), name, str(folder), skeleton, fps, conf_threshold,
                                   file_fps=file_fps)  # fmt: skip
-    except (ValueError, KeyError, DatasetFormatError) as exc:
+    except (DiskFullError, ValueError, KeyError, DatasetFormatError) as exc:
         fail(str(exc).strip('"'))
         return
     typer.echo(f"dataset {name} written: {paths[0].rsplit('/', 1)[0]}")
@@ -576,7 +577,7 @@ def evaluate(
                                 evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
                                 evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
                                 sds_iterations=sds_iterations, device=device, precision=precision)  # fmt: skip
-    except (CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
+    except (DiskFullError, CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
     typer.echo(markdown_report(result.table, result.warnings))
@@ -639,7 +640,7 @@ def benchmark_3d(
                              evaluator_max_steps=evaluator_steps, device=device, precision=precision,
                              rigid_bones=rigid_bones)  # fmt: skip
         result = run_benchmark_3d(ws, spec, log=typer.echo)
-    except (CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (DiskFullError, CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""))
         return
     typer.echo(result.report)
