@@ -38,8 +38,12 @@ def _write(ws: Workspace, path: str, frame: pd.DataFrame, meta: dict[str, Any]) 
 def _read(ws: Workspace, path: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not ws.exists(path):
         raise FileNotFoundError(f"{path} does not exist; run the stage that makes it first")
-    with ws.local_copy(path) as local:
-        table = pq.read_table(local)
+    try:
+        with ws.local_copy(path) as local:
+            table = pq.read_table(local)
+    except (pa.ArrowException, OSError) as exc:  # truncated, or not Parquet at all
+        raise ValueError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}); rerun the stage "
+                         "that makes it (it recomputes a damaged file), or with --force") from exc  # fmt: skip
     meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
     return table.to_pandas(), meta
 
