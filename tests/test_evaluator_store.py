@@ -183,10 +183,11 @@ def test_an_evaluator_is_never_reused_for_other_data(tmp_path, dataset):
 
     ws = Workspace(tmp_path)
     build_synthetic_dataset(ws, "shared-name", num_motions=64, length=32, seed=0)
-    first = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **FAST)
+    fast = {**FAST, "max_steps": 10, "eval_every": 5}
+    first = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **fast)
     build_synthetic_dataset(ws, "shared-name", num_motions=64, length=32, seed=1)  # other motions, same name
-    second = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **FAST)
+    second = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **fast)
     assert second.trained and second.key != first.key and second.folder != first.folder
     build_synthetic_dataset(ws, "other-name", num_motions=64, length=32, seed=1)  # the same data, another name
-    third = load_or_train_evaluator(ws, "other-name", tiny(dataset), **FAST)
+    third = load_or_train_evaluator(ws, "other-name", tiny(dataset), **fast)
     assert not third.trained and third.key == second.key
