@@ -23,8 +23,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(ws: Workspace, path: str, payload: dict[str, Any]) -> str:
-    with ws.atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    with ws.atomic_path(path) as tmp, open(tmp, "wb") as handle:  # our handle: closed (its space freed) on error
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
     return path
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from pipeline.config import ConfigError, DatasetConfig, load_config
 from storage import Catalog, Workspace
 from storage.catalog import KINDS
+from storage.workspace import DiskFullError
 
 app = typer.Typer(
     name="mas",
@@ -151,6 +152,9 @@ def check_config(
     typer.echo(cfg.model_dump_json(indent=2))
 
 
+RICH_STATUS_ROWS = 200  # more rows than this are printed as plain aligned lines (a rich table of 10,000 takes ~5 s)
+
+
 @app.command()
 def status(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -160,16 +164,33 @@ def status(
     if kind is not None and kind not in KINDS:
         fail(f"--kind {kind!r} is not an artifact kind; use one of {', '.join(KINDS)}")
     catalog = Catalog(open_workspace(workspace, create=False))  # read-only: a typo must not create a folder
-    table = Table("kind", "id", "status", "updated", "error", title=f"workspace {workspace}")
-    count = 0
+    rows, problems = [], []
     for k in [kind] if kind else KINDS:
-        for record in catalog.records(k):
-            count += 1
+        for record in catalog.records(k, problems):
             shown = "interrupted" if record.status == "running" and catalog.interrupted(record) else record.status
-            colour = {"done": "green", "failed": "red", "interrupted": "red"}.get(shown, "yellow")
             note = record.error or ("its process is gone; rerun the stage" if shown == "interrupted" else "")
-            table.add_row(k, record.id, f"[{colour}]{shown}[/]", record.updated_at, note)
-    Console().print(table if count else "nothing recorded yet")
+            rows.append((k, record.id, shown, record.updated_at, note))
+    colours = {"done": "green", "failed": "red", "interrupted": "red", "corrupt": "red"}
+    if not rows and not problems:
+        Console().print("nothing recorded yet")
+    elif len(rows) <= RICH_STATUS_ROWS:
+        table = Table("kind", "id", "status", "updated", "error", title=f"workspace {workspace}")
+        for k, artifact_id, shown, updated, note in rows:
+            table.add_row(k, artifact_id, f"[{colours.get(shown, 'yellow')}]{shown}[/]", updated, note)
+        Console().print(table)
+    else:  # plain lines: fast for any number of records
+        from collections import Counter
+
+        width = max(len(r[1]) for r in rows)
+        lines = [f"workspace {workspace}: {len(rows)} records"]
+        for k, artifact_id, shown, updated, note in rows:
+            state = typer.style(f"{shown:<11}", fg=colours.get(shown, "yellow"))
+            lines.append(f"{k:<10} {artifact_id:<{width}} {state} {updated}  {note}".rstrip())
+        counts = Counter((r[0], r[2]) for r in rows)
+        lines.append("totals: " + ", ".join(f"{k} {shown} {n}" for (k, shown), n in sorted(counts.items())))
+        typer.echo("\n".join(lines))
+    for problem in problems:  # trashed record files: named, with the fix; the rest is listed above
+        console.print(f"[bold red]corrupt record:[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> list[str]:
@@ -213,7 +234,7 @@ def download(
     extra = [Source(kind="local" if _Path(s).exists() else "url", value=s) for s in source or []]
     try:
         results = download_all(ws, [*cfg.sources, *extra], cfg.download)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (DiskFullError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
         return
     _report([(r.video_id, r.status, r.error or r.source) for r in results], "download")
@@ -259,7 +280,7 @@ def pose(
     ids = _video_ids(ws, video, kind="tracks")
     try:
         backend = make_backend(cfg.pose, cfg.body_model)
-    except (WeightsError, RuntimeError, ValueError) as exc:
+    except (DiskFullError, WeightsError, RuntimeError, ValueError) as exc:
         fail(str(exc))
         return
     rows = []
@@ -302,7 +323,7 @@ def poses(
     try:
         result = quick_poses(video, ws, start=start, end=end, offline=offline, force=force, overlay=overlay,
                              log=lambda m: console.print(m, highlight=False))  # fmt: skip
-    except (ValueError, RuntimeError) as exc:
+    except (DiskFullError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
     typer.echo(f"{result.video_id}: {result.tracks} tracks, {result.poses} poses ({result.models})")
@@ -325,7 +346,7 @@ def process(
     ws = open_workspace(workspace)
     try:
         result = build_dataset(ws, cfg, force=force)
-    except (ValueError, ArtifactLockedError) as exc:
+    except (DiskFullError, ValueError, ArtifactLockedError) as exc:
         fail(str(exc))
         return
     note = " (already up to date; --force to rebuild)" if result.skipped else ""
@@ -371,7 +392,7 @@ def train(
             precision=precision,
         )  # fmt: skip
         result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
-    except (ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
+    except (DiskFullError, ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
         fail(str(exc))
         return
     finally:
@@ -447,7 +468,7 @@ def sample(
         result = run_sampling(ws, run, name or f"{run}-{method}", method=method, num_samples=num_samples,
                               length=length, mas=mas_cfg, sds=sds_cfg, seed=seed, device=device, precision=precision,
                               render=render, force=force, export=export)  # fmt: skip
-    except (SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
+    except (DiskFullError, SamplingError, CheckpointError, ValueError, RuntimeError) as exc:
         fail(str(exc))
         return
     note = " (already done; --force to redo)" if result.skipped else f" in {result.seconds:.1f} s ({result.precision})"
@@ -506,7 +527,7 @@ def export_mas(
         chosen = scale if scale == "official" else float(scale)
         data = open_motion_dataset(open_workspace(workspace), dataset)
         export_mas_layout(data, str(out), fps=fps, scale=chosen, root_centring=root_centring)  # type: ignore[arg-type]
-    except (ValueError, DatasetFormatError, FileNotFoundError) as exc:
+    except (DiskFullError, ValueError, DatasetFormatError, FileNotFoundError) as exc:
         fail(str(exc))
         return
     typer.echo(f"{len(data.index)} motions of {dataset} written to {out}/motions (Mean.npy, Std.npy, mas_layout.json)")
@@ -529,7 +550,7 @@ def import_mas(
     try:
         paths = import_mas_layout(open_workspace(workspace), name, str(folder), skeleton, fps, conf_threshold,
                                   file_fps=file_fps)  # fmt: skip
-    except (ValueError, KeyError, DatasetFormatError) as exc:
+    except (DiskFullError, ValueError, KeyError, DatasetFormatError) as exc:
         fail(str(exc).strip('"'))
         return
     typer.echo(f"dataset {name} written: {paths[0].rsplit('/', 1)[0]}")
@@ -597,7 +618,7 @@ def evaluate(
                                 evaluator=_evaluator_config(evaluator_layers, evaluator_dim, evaluator_ff),
                                 evaluator_max_steps=evaluator_steps, sds_baseline=sds_baseline,
                                 sds_iterations=sds_iterations, device=device, precision=precision)  # fmt: skip
-    except (CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
+    except (DiskFullError, CheckpointError, SamplingError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
     typer.echo(markdown_report(result.table, result.warnings))
@@ -667,7 +688,7 @@ def benchmark_3d(
                              evaluator_max_steps=evaluator_steps, device=device, precision=precision,
                              rigid_bones=rigid_bones, ablations=_ablation_labels(ablation))  # fmt: skip
         result = run_benchmark_3d(ws, spec, log=typer.echo)
-    except (CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (DiskFullError, CheckpointError, SamplingError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""))
         return
     typer.echo(result.report)

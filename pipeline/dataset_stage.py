@@ -55,6 +55,10 @@ def _build_dataset(ws: Workspace, config: DatasetConfig, video_ids: list[str] | 
         raise ValueError(f"no finished poses for video(s) {missing}; run `mas pose` for them first")
     if not ids:
         raise ValueError("no videos with finished poses in the workspace; run download, track and pose first")
+    damaged = {v: problem for v in ids if (problem := catalog.output_problem(records[v])) is not None}
+    if damaged:  # checked before any work: a truncated poses file is not read as if it were whole
+        raise ValueError(f"the poses of {len(damaged)} video(s) are damaged: " + "; ".join(damaged.values())
+                         + "; rerun `mas pose` (it recomputes damaged files), then this stage")  # fmt: skip
     key = stage_key("process", [records[v].key or v for v in ids],
                     {"process": config.process, "fps": config.fps, **stored})  # fmt: skip
     if not force and catalog.is_done("dataset", config.name, key):

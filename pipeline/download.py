@@ -59,10 +59,9 @@ def expand_sources(sources: Iterable[Source], ws: Workspace | None = None) -> li
 
 
 def _find_by_hash(catalog: Catalog, sha: str) -> str | None:
-    for record in catalog.records("video"):
-        if record.status == "done" and record.meta.get("sha256") == sha:
-            return record.id
-    return None
+    """The id of the finished video with content hash ``sha``: one index lookup, never a scan of the catalog."""
+    record = catalog.find("video", "sha256", sha)
+    return record.id if record is not None else None
 
 
 def ingest_file(ws: Workspace, path: Path, source: Source, origin: str) -> IngestResult:

@@ -30,7 +30,7 @@ from pipeline.config import PoseConfig, pose_keypoints
 from pipeline.keypoint_maps import KeypointMap, keypoint_map
 from pipeline.pose_refine import refine_poses
 from pipeline.skeletons import Skeleton, get_skeleton, skeleton_meta
-from pipeline.video import iter_frames
+from pipeline.video import is_variable_rate, iter_timed_frames
 from storage import Catalog, Workspace, stage_key
 from storage.tables import poses_frame, read_tracks, write_poses
 
@@ -320,12 +320,13 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
         by_frame = {f: g for f, g in people.groupby("frame")}
         balls_by_frame = {f: g[["x1", "y1", "x2", "y2", "score"]].to_numpy() for f, g in balls.groupby("frame")}
         video = catalog.get("video", video_id)
-        parts = []
+        parts, times = [], []
         frames_needed = sorted(by_frame)
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             stop = (frames_needed[-1] + 1) if frames_needed else 0
-            for frame, image in tqdm(iter_frames(local, 0, stop), total=stop, desc=f"pose {video_id}",
-                                     disable=not progress, unit="frame"):  # fmt: skip
+            for frame, time_s, image in tqdm(iter_timed_frames(local, 0, stop), total=stop, desc=f"pose {video_id}",
+                                             disable=not progress, unit="frame"):  # fmt: skip
+                times.append(time_s)
                 group = by_frame.get(frame)
                 if group is None:
                     continue
@@ -337,16 +338,18 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
                     ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
                     keypoints[:, ball] = np.stack([nearest_ball(b, ball_rows) for b in boxes])
                 parts.append(poses_frame(video_id, np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes,
-                                         keypoints, skeleton.joints))  # fmt: skip
+                                         keypoints, skeleton.joints, np.full(len(boxes), time_s)))  # fmt: skip
         table = pd.concat(parts, ignore_index=True) if parts else poses_frame(
             video_id, np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)),
-            skeleton.joints)  # fmt: skip
+            skeleton.joints, np.zeros(0))  # fmt: skip
         table, refined = refine_poses(table, skeleton, cfg, float(meta["fps"]))
+        vfr = is_variable_rate(np.asarray(times))  # the timestamps are in ``time_s``; process resamples by them
         path = write_poses(ws, video_id, table, {**stored, "fps": meta["fps"], "width": meta["width"],
-                                                 "height": meta["height"], "backend": cfg.backend})  # fmt: skip
+                                                 "height": meta["height"], "backend": cfg.backend,
+                                                 "vfr": vfr})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("poses", video_id, exc, key=key)
         return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     catalog.mark_done("poses", video_id, key=key, outputs=[path], params=cfg.model_dump(),
-                      meta={"rows": len(table), "backend": cfg.backend, **refined})  # fmt: skip
+                      meta={"rows": len(table), "backend": cfg.backend, "vfr": vfr, **refined})  # fmt: skip
     return PoseResult(video_id, "done", len(table))

@@ -5,7 +5,8 @@ Each step is a small function with its parameters in the dataset config (``proce
 1. :func:`tracks_from_poses`  one array per (video, track): frames ``[N]``, boxes ``[N, 4]``, keypoints ``[N, J, 3]``
 2. :func:`crowd_mask`         drop tracks that spend most frames among too many overlapping tracks
 3. :func:`split_track`        trim frames without a seen body at the ends; split at frame gaps and root jumps
-4. :func:`resample`           to the dataset fps (linear in time; confidence: the lower neighbour)
+4. :func:`resample`           to the dataset fps (linear in time; confidence: the lower neighbour), by the frames'
+                              decoder timestamps when the poses have them (variable-frame-rate video)
 5. :func:`hampel`             reject outliers (confidence set to 0, so the loss masks them)
 6. :func:`fill_gaps`          interpolate short low-confidence gaps; confidences stay low (masked in the loss)
 7. :func:`smooth`             Savitzky-Golay, Butterworth or one-euro on x, y
@@ -41,23 +42,33 @@ class Track:
     boxes: np.ndarray  # [N, 4]
     keypoints: np.ndarray  # [N, J, 3] pixels (x, y, conf); NaN where unknown
     start_frame: int = 0  # first frame in the video's own frame numbering
+    times: np.ndarray | None = None  # [N] seconds (decoder timestamps); None: frames / fps (constant frame rate)
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    def take(self, idx: slice) -> Track:
+        """Frames ``idx`` of the track (their times too), starting where they start."""
+        return replace(self, frames=self.frames[idx], boxes=self.boxes[idx], keypoints=self.keypoints[idx],
+                       start_frame=int(self.frames[idx][0]),
+                       times=None if self.times is None else self.times[idx])  # fmt: skip
+
 
 def tracks_from_poses(frame: pd.DataFrame, skeleton: Skeleton) -> list[Track]:
-    """Group a poses table into tracks, sorted by frame; duplicate (frame, track) rows keep the first."""
+    """Group a poses table into tracks, sorted by frame; duplicate (frame, track) rows keep the first. A ``time_s``
+    column (the decoder's timestamps, written by the pose stage) becomes the tracks' ``times``."""
     if frame.empty:
         return []
     frame = frame.sort_values(["track_id", "frame"]).drop_duplicates(["track_id", "frame"])
     keypoints = keypoints_of(frame, skeleton.joints)
     boxes = frame[BOX_COLUMNS].to_numpy(np.float32)
+    times = frame["time_s"].to_numpy(np.float64) if "time_s" in frame.columns else None
     tracks = []
     for track_id, rows in frame.groupby("track_id", sort=True).indices.items():
         frames = frame["frame"].to_numpy()[rows]
         tracks.append(Track(str(frame["video_id"].iat[rows[0]]), int(track_id), frames, boxes[rows],
-                            keypoints[rows].copy(), int(frames[0])))  # fmt: skip
+                            keypoints[rows].copy(), int(frames[0]),
+                            None if times is None else times[rows]))  # fmt: skip
     return tracks
 
 
@@ -111,9 +122,7 @@ def split_track(track: Track, skeleton: Skeleton, cfg: ProcessConfig) -> list[Tr
             cuts.append(k)
     pieces, start = [], 0
     for cut in [*cuts, len(track)]:
-        idx = slice(start, cut)
-        pieces.append(replace(track, frames=track.frames[idx], boxes=track.boxes[idx],
-                              keypoints=track.keypoints[idx], start_frame=int(track.frames[start])))  # fmt: skip
+        pieces.append(track.take(slice(start, cut)))
         start = cut
     return pieces
 
@@ -129,15 +138,22 @@ def trim_unseen_edges(track: Track, skeleton: Skeleton) -> Track | None:
     first, last = int(np.argmax(seen)), len(seen) - int(np.argmax(seen[::-1]))
     if first == 0 and last == len(seen):
         return track
-    idx = slice(first, last)
-    return replace(track, frames=track.frames[idx], boxes=track.boxes[idx], keypoints=track.keypoints[idx],
-                   start_frame=int(track.frames[first]))  # fmt: skip
+    return track.take(slice(first, last))
 
 
 def resample(track: Track, src_fps: float, dst_fps: float) -> Track:
     """Resample to ``dst_fps`` on a regular grid (also fills missing frames); confidence takes the lower neighbour
-    and frames more than one source frame from any observation get confidence 0."""
-    t_src = (track.frames - track.frames[0]) / src_fps
+    and frames between two observations that are not consecutive video frames get confidence 0.
+
+    Times are the track's decoder timestamps when it has them (a variable-frame-rate video keeps its real timing),
+    else frame / ``src_fps``. The result's ``frames`` are the nearest source frames in time."""
+    if track.times is not None:
+        t_src = np.asarray(track.times, np.float64) - float(track.times[0])
+        if len(t_src) > 1 and not (np.diff(t_src) > 0).all():
+            raise ValueError(f"video {track.video_id} track {track.track_id}: frame timestamps do not increase; "
+                             "rerun `mas pose --force` for this video")  # fmt: skip
+    else:
+        t_src = (track.frames - track.frames[0]) / src_fps
     n = int(np.floor(t_src[-1] * dst_fps + 1e-9)) + 1
     t_dst = np.arange(n) / dst_fps
     kp = track.keypoints
@@ -149,11 +165,14 @@ def resample(track: Track, src_fps: float, dst_fps: float) -> Track:
     span = np.where(hi == lo, 1.0, t_src[hi] - t_src[lo])
     w = np.where(hi == lo, 0.0, (t_dst - t_src[lo]) / span)[:, None, None]
     out[..., :2] = (1 - w) * kp[lo, :, :2] + w * kp[hi, :, :2]
-    far = (t_src[hi] - t_src[lo]) > 1.5 / src_fps
+    far = (track.frames[hi] - track.frames[lo]) > 1  # a missing video frame between the two observations
     out[..., 2] = np.where(far[:, None], 0.0, np.minimum(kp[lo, :, 2], kp[hi, :, 2]))
     boxes = (1 - w[:, :, 0]) * track.boxes[lo] + w[:, :, 0] * track.boxes[hi]
-    frames = track.frames[0] + np.round(t_dst * src_fps).astype(int)
-    return replace(track, frames=frames, boxes=boxes, keypoints=out)
+    if track.times is None:
+        frames = track.frames[0] + np.round(t_dst * src_fps).astype(int)
+        return replace(track, frames=frames, boxes=boxes, keypoints=out)
+    frames = np.round(np.interp(t_dst, t_src, track.frames.astype(np.float64))).astype(int)
+    return replace(track, frames=frames, boxes=boxes, keypoints=out, times=t_dst + float(track.times[0]))
 
 
 def hampel(track: Track, window: int = 7, n_sigmas: float = 3.0) -> tuple[Track, int]:
@@ -287,9 +306,7 @@ def cut_clips(track: Track, min_len: int, max_len: int) -> list[Track]:
     for start in range(0, len(track), max_len):
         stop = min(start + max_len, len(track))
         if stop - start >= min_len:
-            idx = slice(start, stop)
-            clips.append(replace(track, frames=track.frames[idx], boxes=track.boxes[idx],
-                                 keypoints=track.keypoints[idx], start_frame=int(track.frames[start])))  # fmt: skip
+            clips.append(track.take(slice(start, stop)))
     return clips
 
 

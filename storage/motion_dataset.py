@@ -159,7 +159,13 @@ def write_motion_dataset(
         raise ValueError(f"clips must all be [L, J, 3] with one J; got trailing shapes {sorted(joints)}")
     for i, clip in enumerate(clips):
         if not np.isfinite(clip).all():
-            raise ValueError(f"clip {i} ({index.iloc[i].get('clip_id', i)}) holds NaN or inf values")
+            row = index.iloc[i]
+            frame = int(np.argmax(~np.isfinite(clip).all(axis=(1, 2))))
+            raise ValueError(
+                f"dataset {name!r} not written: clip {i} ({row.get('clip_id', i)!r} of video "
+                f"{row.get('video_id', '?')!r}) holds NaN or inf values (first at frame {frame}). Clips must be "
+                "finite: fill missing joints (with confidence 0, so the loss masks them) or drop the frames"
+            )
     index = index.reset_index(drop=True).copy()
     lengths = np.array([len(c) for c in clips])
     index["length"] = lengths
@@ -270,7 +276,43 @@ def open_motion_dataset(ws: Workspace, name: str, verify: bool = True) -> Motion
         raise DatasetFormatError(f"dataset {name!r}: inconsistent shapes clips {clips.shape}, mean {mean.shape}")
     if int(index["length"].sum()) != clips.shape[0]:
         raise DatasetFormatError(f"dataset {name!r}: index lengths do not add up to the {clips.shape[0]} frames")
+    if verify:
+        check_values(name, folder, clips, index, mean, std)
     return MotionDataset(folder, clips, index, mean, std, meta)
+
+
+SCAN_FRAMES = 1 << 16  # frames per chunk when scanning a memory-mapped clips.npy
+
+
+def check_values(name: str, folder: str, clips: np.ndarray, index: pd.DataFrame, mean: np.ndarray,
+                 std: np.ndarray) -> None:  # fmt: skip
+    """Refuse a dataset whose arrays hold NaN or inf (or a std that is not positive). The process stage writes
+    finite clips (missing joints are filled and masked by confidence), so such values mean a damaged file or one
+    made by other code; training on them would learn nothing (all-NaN trains to loss 0) or diverge far from the
+    cause. The scan is chunked, so a memory-mapped ``clips.npy`` is never loaded whole."""
+    rebuild = "rebuild the dataset (`mas process --force`), or fix the code that wrote it"
+    for file, array in (("mean.npy", mean), ("std.npy", std)):
+        if not np.isfinite(array).all():
+            raise DatasetFormatError(f"dataset {name!r}: {folder}/{file} holds NaN or inf values; {rebuild}")
+    if not (std > 0).all():
+        raise DatasetFormatError(f"dataset {name!r}: {folder}/std.npy has values <= 0; {rebuild}")
+    bad_count, first_bad = 0, None
+    for start in range(0, clips.shape[0], SCAN_FRAMES):
+        chunk = np.asarray(clips[start : start + SCAN_FRAMES])
+        bad = ~np.isfinite(chunk).all(axis=(1, 2))
+        if bad.any():
+            bad_count += int(bad.sum())
+            first_bad = start + int(np.argmax(bad)) if first_bad is None else first_bad
+    if first_bad is None:
+        return
+    ends = (index["offset"] + index["length"]).to_numpy()
+    row = index.iloc[min(int(np.searchsorted(ends, first_bad, side="right")), len(index) - 1)]
+    what = "every frame has" if bad_count == clips.shape[0] else f"{bad_count} of {clips.shape[0]} frames have"
+    raise DatasetFormatError(
+        f"dataset {name!r}: {folder}/clips.npy: {what} NaN or inf values (first: frame {first_bad}, clip "
+        f"{row['clip_id']!r} of video {row['video_id']!r}). Datasets are written with finite values only, so this "
+        f"file is damaged or was made by other code; {rebuild}"
+    )
 
 
 TRUTH_3D = "truth_3d.npz"

@@ -2,8 +2,10 @@
 
 Tracks: ``video_id, frame, track_id, class, score, x1, y1, x2, y2`` (pixels).
 Poses:  ``video_id, frame, track_id, x1, y1, x2, y2`` then ``<joint>_x, <joint>_y, <joint>_c`` per joint (pixels, y
-down; ``_c`` the detector's confidence, NaN coordinates where a joint was not predicted). Metadata: skeleton, fps,
-width, height, backend. A keypoint with low confidence or at (0, 0) is never a real position: consumers mask it.
+down; ``_c`` the detector's confidence, NaN coordinates where a joint was not predicted), then ``time_s`` (the
+decoder's timestamp of the frame in seconds: real times for variable-frame-rate video; absent in files written before
+it existed). Metadata: skeleton, fps, width, height, backend, vfr. A keypoint with low confidence or at (0, 0) is
+never a real position: consumers mask it.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ def _write(ws: Workspace, path: str, frame: pd.DataFrame, meta: dict[str, Any]) 
 def _read(ws: Workspace, path: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not ws.exists(path):
         raise FileNotFoundError(f"{path} does not exist; run the stage that makes it first")
-    with ws.local_copy(path) as local:
-        table = pq.read_table(local)
+    try:
+        with ws.local_copy(path) as local:
+            table = pq.read_table(local)
+    except (pa.ArrowException, OSError) as exc:  # truncated, or not Parquet at all
+        raise ValueError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}); rerun the stage "
+                         "that makes it (it recomputes a damaged file), or with --force") from exc  # fmt: skip
     meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
     return table.to_pandas(), meta
 
@@ -57,9 +63,10 @@ def read_tracks(ws: Workspace, video_id: str) -> tuple[pd.DataFrame, dict[str, A
 
 def poses_frame(
     video_id: str, frames: np.ndarray, track_ids: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray,
-    joints: tuple[str, ...],
+    joints: tuple[str, ...], times: np.ndarray | None = None,
 ) -> pd.DataFrame:  # fmt: skip
-    """Build a poses table from arrays: ``frames [N]``, ``track_ids [N]``, ``boxes [N, 4]``, ``keypoints [N, J, 3]``."""
+    """Build a poses table from arrays: ``frames [N]``, ``track_ids [N]``, ``boxes [N, 4]``, ``keypoints [N, J, 3]``
+    and optionally ``times [N]`` (seconds)."""
     keypoints = np.asarray(keypoints, dtype=np.float32)
     if keypoints.ndim != 3 or keypoints.shape[1:] != (len(joints), 3):
         raise ValueError(f"keypoints must be [N, {len(joints)}, 3] for this skeleton, got {keypoints.shape}")
@@ -74,6 +81,8 @@ def poses_frame(
     flat = keypoints.reshape(len(frames), len(joints) * 3)
     for k, name in enumerate(pose_columns(joints)):
         data[name] = flat[:, k]
+    if times is not None:
+        data["time_s"] = np.asarray(times, dtype=np.float64).reshape(len(frames))
     return pd.DataFrame(data)
 
 

@@ -21,6 +21,7 @@ Layout under the root::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -47,6 +48,42 @@ AREAS = (
     "evaluators",
     "catalog",
 )
+
+
+LOW_SPACE_BYTES = 1 << 20  # a write that fails with less than this free on its filesystem failed for want of space
+
+
+class DiskFullError(OSError):
+    """A write failed because the filesystem (or the process's file size limit) had no room; the message names the
+    file and the fix."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _no_room(exc: BaseException, directory: str, tmp: str) -> str | None:
+    """Why a write of ``tmp`` in ``directory`` that raised ``exc`` ran out of room, or None if it did not. Libraries
+    do not all say so (torch: "unexpected pos 173568 vs 173460"), so the filesystem is asked too, before the partial
+    file is removed: almost no free space left, or the file has reached the process's file size limit."""
+    code = getattr(exc, "errno", None)
+    try:
+        stat = os.statvfs(directory)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < LOW_SPACE_BYTES):
+        return f"disk full ({free if free is not None else 'unknown'} bytes free)"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        size = os.path.getsize(tmp)
+    except (ImportError, OSError, ValueError):
+        return None
+    if code == errno.EFBIG or (limit != resource.RLIM_INFINITY and size >= limit):
+        return f"file size limit reached ({size} bytes written; `ulimit -f` is {limit} bytes)"
+    return None
 
 
 class Workspace:
@@ -147,7 +184,8 @@ class Workspace:
         """Yield a local temporary file name; when the block ends without error it becomes ``path`` atomically.
 
         Use it for libraries that want a file name (pyarrow, numpy, torch, OpenCV). On error the temporary file is
-        removed and whatever was at ``path`` before is left untouched.
+        removed and whatever was at ``path`` before is left untouched; a write that failed for want of space raises
+        :class:`DiskFullError` naming ``path`` and the fix, whatever the library said.
         """
         suffix = "".join(Path(path).suffixes[-2:])
         if self.is_local:
@@ -158,6 +196,11 @@ class Workspace:
             try:
                 yield tmp
                 os.replace(tmp, path)
+            except Exception as exc:
+                reason = _no_room(exc, directory, tmp)
+                if reason is None:
+                    raise
+                raise DiskFullError(f"{reason} at {path}: free space and rerun ({type(exc).__name__}: {exc})") from exc
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)

@@ -189,3 +189,12 @@ def test_version_choices_and_flow_arguments(tmp_path):
     for args, words in cases:
         result = runner.invoke(app, [*args, "-w", str(tmp_path / "ws")])
         assert result.exit_code == 2 and words in result.output, (args, result.output)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_cli_check_config_refuses_infinite_and_nan_fps(tmp_path, value):
+    text = yaml.safe_dump(_good()).replace("fps: 30", f"fps: {value}")
+    assert f"fps: {value}" in text
+    result = runner.invoke(app, ["check-config", str(_write(tmp_path, text))])
+    assert result.exit_code == 2 and "fps" in result.output
+    assert "finite number" in result.output or "greater than 0" in result.output

@@ -174,3 +174,20 @@ def test_old_files_without_dropout_still_load(tmp_path, dataset):
     assert loaded.config.dropout == 0.1
     z = np.zeros((2, 24, dataset.num_joints, 2), np.float32)
     np.testing.assert_allclose(embed(loaded, z), embed(model.eval(), z), rtol=1e-6)
+
+
+def test_an_evaluator_is_never_reused_for_other_data(tmp_path, dataset):
+    """Keyed by the dataset's content, not its name or run: a dataset rebuilt under the same name (another run's
+    data) gets its own evaluator, and the first one is still found for the first data."""
+    from pipeline.synthetic import build_synthetic_dataset
+
+    ws = Workspace(tmp_path)
+    build_synthetic_dataset(ws, "shared-name", num_motions=64, length=32, seed=0)
+    fast = {**FAST, "max_steps": 10, "eval_every": 5}
+    first = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **fast)
+    build_synthetic_dataset(ws, "shared-name", num_motions=64, length=32, seed=1)  # other motions, same name
+    second = load_or_train_evaluator(ws, "shared-name", tiny(dataset), **fast)
+    assert second.trained and second.key != first.key and second.folder != first.folder
+    build_synthetic_dataset(ws, "other-name", num_motions=64, length=32, seed=1)  # the same data, another name
+    third = load_or_train_evaluator(ws, "other-name", tiny(dataset), **fast)
+    assert not third.trained and third.key == second.key

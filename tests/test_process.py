@@ -340,3 +340,21 @@ def test_mas_layout_commands(synthetic_ws, tmp_path):
     assert bad.exit_code == 2 and "whole multiple" in bad.output
     wrong = runner.invoke(app, ["import-mas", str(out), "--name", "w", "--skeleton", "nba16", "-w", ws])
     assert wrong.exit_code == 2 and "17 joints" in wrong.output and "nba16" in wrong.output
+
+
+def test_a_truncated_poses_file_marked_done_is_named_before_any_work(tmp_path):
+    import os
+
+    ws = Workspace(tmp_path / "ws")
+    _write_video_poses(ws, "good", [pixel_track(1, 90, video="good")])
+    _write_video_poses(ws, "cut", [pixel_track(2, 90, video="cut")])
+    path = ws.poses_path("cut")
+    with open(path, "r+b") as handle:  # a kill or a full disk of another tool, after the record said done
+        handle.truncate(os.path.getsize(path) // 3)
+    config = DatasetConfig(name="d", skeleton="coco17", fps=30, sources=[{"kind": "local", "value": "x"}],
+                           process=CFG)  # fmt: skip
+    with pytest.raises(ValueError, match=rf"poses of 1 video\(s\) are damaged: {path} has \d+ bytes.*rerun `mas pose`"):
+        build_dataset(ws, config)
+    assert Catalog(ws).get("dataset", "d") is None  # nothing started
+    with pytest.raises(ValueError, match=rf"{path} is not a readable Parquet file.*rerun the stage"):
+        read_poses(ws, "cut")

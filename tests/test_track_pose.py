@@ -283,3 +283,27 @@ def test_tracking_keeps_the_process_torch_threads(tmp_path, person_detector):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_truncated_tracks_and_poses_marked_done_are_computed_again(tmp_path, person_detector, caplog):
+    import logging
+    import os
+
+    ws = Workspace(tmp_path / "ws")
+    video = ingest_file(ws, make_video(tmp_path / "scene.mp4", frames=12), Source(kind="local", value="x"), "x")
+    cfg = DetectorConfig(weights=str(person_detector), classes=["person"], class_names=PERSON_DETECTOR_CLASSES)
+    pose_cfg = PoseConfig(backend="mediapipe")
+    assert track_video(ws, video.video_id, cfg, progress=False).status == "done"
+    assert pose_video(ws, video.video_id, pose_cfg, "coco17", progress=False).status == "done"
+    assert pose_video(ws, video.video_id, pose_cfg, "coco17", progress=False).status == "skipped"
+    for path in (ws.tracks_path(video.video_id), ws.poses_path(video.video_id)):
+        with open(path, "r+b") as handle:  # truncated after the records said done
+            handle.truncate(os.path.getsize(path) // 2)
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        assert track_video(ws, video.video_id, cfg, progress=False).status == "done"  # not "skipped"
+        assert pose_video(ws, video.video_id, pose_cfg, "coco17", progress=False).status == "done"
+    assert "truncated or replaced" in caplog.text and ws.tracks_path(video.video_id) in caplog.text
+    assert ws.poses_path(video.video_id) in caplog.text and "computed again" in caplog.text
+    read_tracks(ws, video.video_id)
+    read_poses(ws, video.video_id)  # whole again
+    assert Catalog(ws).is_done("poses", video.video_id)

@@ -166,3 +166,58 @@ def test_a_dataset_without_confident_joints_is_refused_before_training(tmp_path)
     with pytest.raises(ValueError, match="only 0 of 2720 joint positions of the train split are confident"):
         train(ws, "blind", "blind", TrainConfig(steps=2, **TINY), progress=False)
     assert not ws.exists(f"{ws.checkpoint_dir('blind')}/last.pt")  # nothing marked as trained
+
+
+def _republished_with(ws, name, damage):
+    """Dataset ``name`` with ``damage`` applied to its clips.npy and a manifest that matches (as another tool, or a
+    bug, would publish it): only the values can tell."""
+    import storage.motion_dataset as md
+
+    folder = md.dataset_folder(ws, name)
+    clips = np.load(f"{folder}/clips.npy")
+    damage(clips)
+    np.save(f"{folder}/clips.npy", clips)
+    ws.remove(f"{folder}/manifest.json")
+    md._publish(ws, name, folder, folder.rsplit("/", 1)[1])
+    return f"{folder}/clips.npy"
+
+
+@pytest.mark.parametrize("where", ["all", "some frames", "one value"])
+def test_nan_clips_are_refused_by_name_before_training(tmp_path, where):
+    from pipeline.train_stage import run_training
+    from storage import Catalog
+    from storage.motion_dataset import DatasetFormatError, write_motion_dataset
+
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(0)
+    clips = [np.concatenate([rng.normal(size=(40, 17, 2)), np.full((40, 17, 1), 0.9)], -1).astype(np.float32)
+             for _ in range(4)]  # fmt: skip
+    index = pd.DataFrame({"clip_id": [f"c{i}" for i in range(4)], "video_id": "v", "track_id": 0, "start_frame": 0,
+                          "mean_conf": 0.9, "split": "train", "mirrored": False})  # fmt: skip
+    write_motion_dataset(ws, "d", clips, index, {"skeleton": "coco17", "fps": 30}, 0.3)
+    damage = {"all": lambda a: a.fill(np.nan), "some frames": lambda a: a.__setitem__(slice(85, 90), np.nan),
+              "one value": lambda a: a.__setitem__((120, 3, 0), np.inf)}[where]  # fmt: skip
+    path = _republished_with(ws, "d", damage)
+    expected = {
+        "all": "every frame has NaN or inf values \\(first: frame 0, clip 'c0'",
+        "some frames": "5 of 160 frames have NaN or inf values \\(first: frame 85, clip 'c2' of video 'v'\\)",
+        "one value": "1 of 160 frames have NaN or inf values \\(first: frame 120, clip 'c3'",
+    }[where]
+    with pytest.raises(DatasetFormatError, match=f"{path}: {expected}.*mas process --force"):
+        run_training(ws, "d", "r", TrainConfig(steps=5, **TINY), progress=False)
+    record = Catalog(ws).get("checkpoint", "r")
+    assert record.status == "failed" and "NaN or inf" in record.error  # never "done" at loss 0
+    assert not ws.exists(f"{ws.checkpoint_dir('r')}/last.pt")
+
+
+def test_nan_clips_are_refused_when_the_dataset_is_written(tmp_path):
+    from storage.motion_dataset import write_motion_dataset
+
+    clips = [np.full((10, 17, 3), 0.5, np.float32) for _ in range(2)]
+    clips[1][4, 2, 1] = np.nan
+    index = pd.DataFrame({"clip_id": ["a", "b"], "video_id": ["v1", "v2"], "track_id": 0, "start_frame": 0,
+                          "mean_conf": 0.5, "split": "train", "mirrored": False})  # fmt: skip
+    with pytest.raises(ValueError, match=r"dataset 'd' not written: clip 1 \('b' of video 'v2'\) holds NaN or inf "
+                                         r"values \(first at frame 4\).*fill missing joints"):  # fmt: skip
+        write_motion_dataset(Workspace(tmp_path), "d", clips, index, {"skeleton": "coco17", "fps": 30}, 0.3)
+    assert not (tmp_path / "datasets" / "d" / "current.json").exists()
