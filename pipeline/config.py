@@ -110,6 +110,12 @@ class DetectorConfig(_Strict):
     agnostic_nms: bool | None = Field(
         default=None, description="class-agnostic NMS; None: on when several model classes map to one of ours"
     )
+    runtime: Literal["auto", "torch", "openvino", "onnx"] = Field(
+        default="auto", description="auto: the weights exported to OpenVINO on a CPU (about 2x faster); PyTorch on GPU"
+    )
+    stride: int = Field(
+        default=1, ge=1, le=10, description="detect every k-th frame; each track's boxes are interpolated between"
+    )
     cleanup: TrackCleanupConfig = TrackCleanupConfig()
 
     @field_validator("classes")

@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import DetectorConfig
+from pipeline.detector_runtime import RuntimeUnavailable, exported_weights, resolve_runtime, set_runtime_threads
 from pipeline.track_cleanup import HIST_BINS, appearance_histogram, clean_tracks
 from pipeline.video import probe_video
 from storage import Catalog, Workspace, stage_key
@@ -98,23 +99,56 @@ def torch_threads_kept():
         torch.set_num_threads(threads)
 
 
+def load_detector(cfg: DetectorConfig):
+    """The detector model in the runtime ``cfg.runtime`` asks for, with ``(model, runtime, why)``. The ``.pt`` file is
+    loaded (and checked) first; ``auto`` falls back to PyTorch, saying why, when the export fails."""
+    model = load_yolo(cfg.weights, trusted=cfg.trust_weights)
+    runtime, why = resolve_runtime(cfg.runtime)
+    if runtime == "torch":
+        return model, runtime, why
+    try:
+        from ultralytics import YOLO
+
+        exported = YOLO(str(exported_weights(model.ckpt_path, runtime, cfg.imgsz)), task="detect")
+    except RuntimeUnavailable as exc:
+        if cfg.runtime != "auto":
+            raise
+        logging.getLogger(__name__).warning("%s; tracking with PyTorch", exc)
+        return model, "torch", f"auto: {exc}"
+    return exported, runtime, why
+
+
 def run_tracker(model, path: str, cfg: DetectorConfig, video_id: str, progress: bool = True,
                 frames: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
-    """Raw tracker output for one video file: the tracks table and one colour histogram per row (for stitching)."""
+    """Raw tracker output for one video file: the tracks table and one colour histogram per row (for stitching).
+    With ``cfg.stride`` k > 1 the detector sees every k-th frame and each track's boxes are interpolated between."""
     with torch_threads_kept():
-        return _run_tracker(model, path, cfg, video_id, progress, frames)
+        table, hists = _run_tracker(model, path, cfg, video_id, progress, frames)
+    return bridge_strided(table, hists, cfg.stride)
+
+
+def strided_frame(index: int, stride: int) -> int:
+    """The video frame of the ``index``-th result of a ``vid_stride`` stream: Ultralytics grabs ``stride`` frames
+    and keeps the last (frames k-1, 2k-1, ...); pinned by a test against a stride-1 run."""
+    return index * stride + stride - 1
 
 
 def _run_tracker(model, path, cfg, video_id, progress, frames) -> tuple[pd.DataFrame, np.ndarray]:
+    import torch
+
     class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
     rows, hists = [], []
     stream = model.track(
         source=path, stream=True, persist=True, tracker=TRACKER_FILES[cfg.tracker], classes=sorted(class_map),
-        conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, batch=cfg.batch, verbose=False,
+        conf=cfg.conf, iou=cfg.iou, imgsz=cfg.imgsz, batch=cfg.batch, verbose=False, vid_stride=cfg.stride,
         agnostic_nms=use_agnostic_nms(class_map, cfg.agnostic_nms),
     )  # fmt: skip
-    for frame, result in enumerate(tqdm(stream, total=frames, desc=f"track {video_id}", disable=not progress,
+    total = None if frames is None else frames // cfg.stride
+    for index, result in enumerate(tqdm(stream, total=total, desc=f"track {video_id}", disable=not progress,
                                         unit="frame")):  # fmt: skip
+        if index == 0:  # the backend exists once the first batch ran; exported runtimes get the process's threads
+            set_runtime_threads(model, torch.get_num_threads())
+        frame = strided_frame(index, cfg.stride)
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
             continue
@@ -135,6 +169,33 @@ def _run_tracker(model, path, cfg, video_id, progress, frames) -> tuple[pd.DataF
     return table, np.asarray(hists, np.float32).reshape(len(rows), int(np.prod(HIST_BINS)))
 
 
+def bridge_strided(table: pd.DataFrame, hists: np.ndarray, stride: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Fill the frames a strided detector skipped: between two detections of one track at most ``stride`` frames
+    apart, boxes and scores are interpolated linearly and the earlier row's colour histogram is repeated. Longer gaps
+    (a missed detection) are left to the cleanup's stitching; untracked rows (balls) stay on detected frames."""
+    if stride == 1 or len(table) == 0:
+        return table, hists
+    new_rows, new_hists = [], []
+    values = ["score", "x1", "y1", "x2", "y2"]
+    for track_id, group in table[table["track_id"] >= 0].groupby("track_id"):
+        group = group.sort_values("frame")
+        frame = group["frame"].to_numpy()
+        box = group[values].to_numpy(np.float64)
+        for a in np.flatnonzero((np.diff(frame) > 1) & (np.diff(frame) <= stride)):
+            gap = frame[a + 1] - frame[a]
+            for step in range(1, gap):
+                mix = box[a] + (box[a + 1] - box[a]) * (step / gap)
+                row = group.iloc[a]
+                new_rows.append((row["video_id"], int(frame[a] + step), int(track_id), row["class"], *map(float, mix)))
+                new_hists.append(hists[group.index[a]])
+    if not new_rows:
+        return table, hists
+    table = pd.concat([table, pd.DataFrame(new_rows, columns=TRACK_COLUMNS)], ignore_index=True)
+    hists = np.concatenate([hists, np.asarray(new_hists, np.float32)])
+    order = np.lexsort((table["track_id"].to_numpy(), table["frame"].to_numpy()))
+    return table.iloc[order].reset_index(drop=True), hists[order]
+
+
 @dataclass
 class TrackResult:
     video_id: str
@@ -142,6 +203,7 @@ class TrackResult:
     tracks: int = 0
     detections: int = 0
     error: str | None = None
+    runtime: str | None = None
 
 
 def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, force: bool = False,
@@ -160,19 +222,23 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
         return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0))
     catalog.mark_running("tracks", video_id, key=key)
     try:
-        model = model or load_yolo(cfg.weights, trusted=cfg.trust_weights)
+        runtime = "given"
+        if model is None:
+            model, runtime, why = load_detector(cfg)
+            logging.getLogger(__name__).info("detector runtime for %s: %s (%s)", video_id, runtime, why)
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             info = probe_video(local)
             raw, hists = run_tracker(model, local, cfg, video_id, progress, info.frames)
         table, report = clean_tracks(raw, cfg.cleanup, info.fps, hists)
         path = write_tracks(ws, video_id, table, {"fps": info.fps, "width": info.width, "height": info.height,
                                                   "frames": info.frames, "weights": cfg.weights,
-                                                  "tracker": cfg.tracker, "cleanup": report.as_meta()})  # fmt: skip
+                                                  "tracker": cfg.tracker, "runtime": runtime, "stride": cfg.stride,
+                                                  "cleanup": report.as_meta()})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("tracks", video_id, exc, key=key)
         return TrackResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     tracked = table[table["track_id"] >= 0]
     meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames,
-            "cleanup": report.as_meta()}  # fmt: skip
+            "runtime": runtime, "stride": cfg.stride, "cleanup": report.as_meta()}  # fmt: skip
     catalog.mark_done("tracks", video_id, key=key, outputs=[path], params=cfg.model_dump(), meta=meta)
-    return TrackResult(video_id, "done", meta["tracks"], meta["detections"])
+    return TrackResult(video_id, "done", meta["tracks"], meta["detections"], runtime=runtime)

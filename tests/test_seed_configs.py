@@ -46,6 +46,8 @@ def build(config: Path, ws: Path, overrides: list[str]) -> Workspace:
     for stage in ("download", "track", "pose", "process"):
         result = runner.invoke(app, [stage, "-c", str(config), "-w", str(ws), *overrides])
         assert result.exit_code == 0, (stage, result.output[-3000:])
+        if stage == "track":  # the detector ran through its exported CPU runtime (detector.runtime: auto)
+            assert "(openvino)" in result.output, result.output[-3000:]
     return Workspace(ws)
 
 

@@ -1,0 +1,121 @@
+"""The detector's CPU runtime: Ultralytics' own export of the weights to OpenVINO or ONNX Runtime, cached by hash.
+
+PyTorch is the detector's cost on a CPU (``benchmarks/results/video.md``): the same YOLOv8 weights run about 2x
+faster through OpenVINO on this machine's 2 cores, so ``detector.runtime: auto`` exports them once (dynamic input
+shape, so frames keep the small letterbox PyTorch uses) and tracks with the export. On a GPU ``auto`` stays PyTorch.
+The export is keyed by the weights' sha256, the input size and the library versions, written to a temporary folder
+and renamed into the cache (``MAS_CACHE``/exports), so a crash never leaves a half export that a later run trusts.
+The runtime threads follow the process's torch thread count (the thread policy, ``models/hardware.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.assets import cache_dir
+from storage.hashing import file_sha256
+
+EXPORT_FORMATS = {"openvino": ("openvino", "openvino"), "onnx": ("onnx", "onnxruntime")}  # runtime: (format, module)
+RUNTIMES = ("auto", "torch", *EXPORT_FORMATS)
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A requested detector runtime whose package is not installed or whose export failed."""
+
+
+def runtime_installed(runtime: str) -> bool:
+    return runtime == "torch" or importlib.util.find_spec(EXPORT_FORMATS[runtime][1]) is not None
+
+
+def resolve_runtime(requested: str, cuda: bool | None = None) -> tuple[str, str]:
+    """``(runtime, why)`` for ``detector.runtime``: auto is OpenVINO on a CPU where it is installed, else ONNX
+    Runtime, else PyTorch; PyTorch on a GPU. An explicit runtime that is not installed is an error naming the fix."""
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown detector runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "torch", "auto: a CUDA device runs the PyTorch weights"
+        for runtime in EXPORT_FORMATS:
+            if runtime_installed(runtime):
+                return runtime, f"auto: {runtime} is installed and runs the detector faster than PyTorch on a CPU"
+        return "torch", "auto: neither openvino nor onnxruntime is installed"
+    if not runtime_installed(requested):
+        package = EXPORT_FORMATS[requested][1]
+        raise RuntimeUnavailable(
+            f"detector.runtime {requested} needs the {package} package: `pip install {package}` (or the [onnx] "
+            "extra), or set detector.runtime to auto or torch"
+        )
+    return requested, f"detector.runtime {requested}"
+
+
+def export_key(weights: Path, runtime: str, imgsz: int) -> str:
+    versions = "-".join(importlib.metadata.version(p) for p in ("ultralytics", EXPORT_FORMATS[runtime][1]))
+    return f"{file_sha256(weights)[:16]}-{runtime}-{imgsz}-{versions}"
+
+
+def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
+    """Path of the ``runtime`` export of a local ``.pt`` file (made once; later calls find it in the cache)."""
+    weights = Path(weights)
+    fmt = EXPORT_FORMATS[runtime][0]
+    target = cache_dir() / "exports" / export_key(weights, runtime, imgsz)
+    done = target / "export.done"
+    if done.exists():
+        return Path(done.read_text().strip())
+    work = None
+    try:
+        from ultralytics import YOLO
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+
+        copy = work / "model.pt"
+        shutil.copyfile(weights, copy)
+        # the .pt file was checked (or trusted) when the caller loaded it; the export reads the same bytes
+        exported = Path(YOLO(str(copy)).export(format=fmt, imgsz=imgsz, dynamic=True, verbose=False))
+        relative = exported.relative_to(work)
+        (work / "export.done").write_text(str(target / relative))
+        try:
+            work.rename(target)
+        except OSError:  # another process finished the same export first: keep its copy
+            if not done.exists():
+                raise
+    except Exception as exc:
+        raise RuntimeUnavailable(f"exporting {weights} to {runtime} failed ({type(exc).__name__}: {exc}); set "
+                                 "detector.runtime: torch to track with the PyTorch weights") from exc  # fmt: skip
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    return Path(done.read_text().strip())
+
+
+def set_runtime_threads(model, threads: int) -> None:
+    """Give an exported model's runtime ``threads`` threads (Ultralytics leaves OpenVINO and ONNX Runtime on their
+    defaults: every core, which collapses beside a busy neighbour as torch does). Call after the first prediction,
+    once Ultralytics has built its backend; the tracker reuses that backend."""
+    backend = getattr(getattr(model.predictor, "model", None), "backend", None)
+    if hasattr(backend, "ov_compiled_model"):
+        from functools import partial
+
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        core = ov.Core()
+        backend.compile_model = partial(core.compile_model, device_name="CPU", config=config)
+        xml = next(Path(model.model_name).glob("*.xml"))
+        backend.ov_compiled_model = backend.compile_model(core.read_model(str(xml)))
+    elif hasattr(backend, "session"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        backend.session = ort.InferenceSession(str(model.model_name), options,
+                                               providers=["CPUExecutionProvider"])  # fmt: skip
