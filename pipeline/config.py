@@ -132,7 +132,7 @@ class PoseConfig(_Strict):
     )
     flip_test: bool = Field(default=False, description="mediapipe: also pose the mirrored crop and average the two")
     mediapipe_tracking: bool = Field(
-        default=False, description="mediapipe: one BlazePose graph per track, fed its crops in order (no detector)"
+        default=True, description="mediapipe: one BlazePose graph per track, fed its crops in order (no detector)"
     )
     # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md
     repair_swaps: bool = Field(default=True, description="undo left/right label flips along each track")
