@@ -146,7 +146,8 @@ def run_row(ws: Workspace, video_ids: list[str], frames: list[int], pose_cfg: Po
 
 
 # one row per lever, each adding to the one before; "before" rows are the pose stage as issue 15 measured it
-OFF = {"crop_padding": 0.25, "flip_test": False, "repair_swaps": False, "reject_outliers": False, "smooth_s": 0.0}
+OFF = {"crop_padding": 0.25, "flip_test": False, "repair_swaps": False, "reject_outliers": False, "smooth_s": 0.0,
+       "mediapipe_tracking": False}  # fmt: skip
 M = {**OFF, "crop_padding": 0.1}
 CLEAN = {**M, "repair_swaps": True, "reject_outliers": True, "smooth_s": 0.05}
 ROWS = {  # every setting spelled out, so that changing the stage's defaults does not change a row
@@ -157,8 +158,9 @@ ROWS = {  # every setting spelled out, so that changing the stage's defaults doe
     "margin10": ("crop margin 10%", M),
     "swaps": ("+ left/right swap repair", {**M, "repair_swaps": True}),
     "outliers": ("+ per-joint outlier rejection", {**M, "repair_swaps": True, "reject_outliers": True}),
-    "smooth": ("+ confidence-weighted smoothing (0.05 s): the new defaults", CLEAN),
+    "smooth": ("+ confidence-weighted smoothing (0.05 s): the defaults of issue 15", CLEAN),
     "flip": ("+ flip test (mirrored crop averaged in; 2x the time)", {**CLEAN, "flip_test": True}),
+    "tracking": ("defaults + MediaPipe tracking (detector every 30 frames)", {**CLEAN, "mediapipe_tracking": True}),
 }
 
 

@@ -137,6 +137,9 @@ class PoseConfig(_Strict):
         default=None, ge=0, le=2, description="crop margin, fraction of the box (None: mediapipe 0.1, yolo_pose 0.25)"
     )
     flip_test: bool = Field(default=False, description="mediapipe: also pose the mirrored crop and average the two")
+    mediapipe_tracking: bool = Field(
+        default=True, description="mediapipe: one BlazePose graph per track, fed its crops in order (no detector)"
+    )
     # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md
     repair_swaps: bool = Field(default=True, description="undo left/right label flips along each track")
     reject_outliers: bool = Field(default=True, description="joints far off their track's neighbours: confidence 0")

