@@ -114,8 +114,10 @@ class DetectorConfig(_Strict):
         default="auto", description="auto: the weights exported to OpenVINO on a CPU (about 2x faster); PyTorch on GPU"
     )
     stride: int = Field(
-        default=1, ge=1, le=10, description="detect every k-th frame; each track's boxes are interpolated between"
-    )
+        default=2, ge=1, le=10,
+        description="detect every k-th frame; each track's boxes are interpolated between (balls: detected frames "
+        "only). 2: the same tracking and pose quality as 1, measured in benchmarks/results/video.md; 3 loses subjects",
+    )  # fmt: skip
     cleanup: TrackCleanupConfig = TrackCleanupConfig()
 
     @field_validator("classes")

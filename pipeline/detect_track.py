@@ -124,7 +124,7 @@ def run_tracker(model, path: str, cfg: DetectorConfig, video_id: str, progress: 
     With ``cfg.stride`` k > 1 the detector sees every k-th frame and each track's boxes are interpolated between."""
     with torch_threads_kept():
         table, hists = _run_tracker(model, path, cfg, video_id, progress, frames)
-    return bridge_strided(table, hists, cfg.stride)
+    return bridge_strided(table, hists, cfg.stride, frames)
 
 
 def strided_frame(index: int, stride: int) -> int:
@@ -169,25 +169,38 @@ def _run_tracker(model, path, cfg, video_id, progress, frames) -> tuple[pd.DataF
     return table, np.asarray(hists, np.float32).reshape(len(rows), int(np.prod(HIST_BINS)))
 
 
-def bridge_strided(table: pd.DataFrame, hists: np.ndarray, stride: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Fill the frames a strided detector skipped: between two detections of one track at most ``stride`` frames
-    apart, boxes and scores are interpolated linearly and the earlier row's colour histogram is repeated. Longer gaps
-    (a missed detection) are left to the cleanup's stitching; untracked rows (balls) stay on detected frames."""
+def bridge_strided(table: pd.DataFrame, hists: np.ndarray, stride: int,
+                   frames: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:  # fmt: skip
+    """Fill the frames a strided detector skipped. Between two detections of one track at most ``stride`` frames
+    apart, boxes and scores are interpolated linearly. The frames the detector never looked at, before its first
+    strided frame and (given the video's ``frames``) after its last, take the box of a track seen there. Each new row
+    repeats the colour histogram of the row it comes from. Longer gaps (a missed detection) are left to the
+    cleanup's stitching; untracked rows (balls) stay on detected frames."""
     if stride == 1 or len(table) == 0:
         return table, hists
+    first_seen = strided_frame(0, stride)
+    last_seen = None if frames is None else strided_frame(frames // stride - 1, stride)
     new_rows, new_hists = [], []
     values = ["score", "x1", "y1", "x2", "y2"]
-    for track_id, group in table[table["track_id"] >= 0].groupby("track_id"):
+
+    def add(row, frame: int, box) -> None:
+        new_rows.append((row["video_id"], frame, int(row["track_id"]), row["class"], *map(float, box)))
+        new_hists.append(hists[row.name])
+
+    for _, group in table[table["track_id"] >= 0].groupby("track_id"):
         group = group.sort_values("frame")
         frame = group["frame"].to_numpy()
         box = group[values].to_numpy(np.float64)
         for a in np.flatnonzero((np.diff(frame) > 1) & (np.diff(frame) <= stride)):
             gap = frame[a + 1] - frame[a]
             for step in range(1, gap):
-                mix = box[a] + (box[a + 1] - box[a]) * (step / gap)
-                row = group.iloc[a]
-                new_rows.append((row["video_id"], int(frame[a] + step), int(track_id), row["class"], *map(float, mix)))
-                new_hists.append(hists[group.index[a]])
+                add(group.iloc[a], int(frame[a] + step), box[a] + (box[a + 1] - box[a]) * (step / gap))
+        if frame[0] == first_seen:
+            for f in range(first_seen):
+                add(group.iloc[0], f, box[0])
+        if last_seen is not None and frame[-1] == last_seen:
+            for f in range(last_seen + 1, frames):
+                add(group.iloc[-1], f, box[-1])
     if not new_rows:
         return table, hists
     table = pd.concat([table, pd.DataFrame(new_rows, columns=TRACK_COLUMNS)], ignore_index=True)
