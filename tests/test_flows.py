@@ -243,7 +243,11 @@ def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefe
             state = read_run(env, run_id)
     finally:
         os.killpg(worker.pid, 15)
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still winding down after 60 s (seen once in a full CI run): stop it
+            os.killpg(worker.pid, 9)
+            worker.wait(timeout=30)
         log.close()
     assert state["type"] == "COMPLETED", (state, (tmp_path / "worker.log").read_text()[-4000:])
     assert list(state["tasks"].values())[0][0] == "COMPLETED" and list(state["tasks"]) == [f"track {good}"]
