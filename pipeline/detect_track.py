@@ -103,6 +103,8 @@ def load_detector(cfg: DetectorConfig):
     """The detector model in the runtime ``cfg.runtime`` asks for, with ``(model, runtime, why)``. The ``.pt`` file is
     loaded (and checked) first; ``auto`` falls back to PyTorch, saying why, when the export fails."""
     model = load_yolo(cfg.weights, trusted=cfg.trust_weights)
+    if not str(model.ckpt_path or "").endswith(".pt"):  # an exported file given as detector.weights
+        return model, Path(cfg.weights).suffix.lstrip(".") or "exported", "detector.weights is an exported model"
     runtime, why = resolve_runtime(cfg.runtime)
     if runtime == "torch":
         return model, runtime, why

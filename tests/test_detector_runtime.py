@@ -93,6 +93,9 @@ def test_an_export_tracks_like_pytorch_once_made(runtime, short_clip, person_det
     assert table["track_id"].nunique() == torch_tracks["track_id"].nunique()
     overlaps = matched_overlaps(torch_tracks, table)
     assert len(table) == len(torch_tracks) and min(overlaps) > 0.98, overlaps  # the same boxes, fp32 rounding aside
+    if runtime == "onnx":  # an exported file given as detector.weights is used as it is
+        _, kind, why = load_detector(detector_config(first))
+        assert kind == "onnx" and "exported model" in why
 
 
 def test_a_failed_export_under_auto_tracks_with_pytorch_and_says_why(person_detector, tmp_path, monkeypatch):
