@@ -164,6 +164,16 @@ ROWS = {  # every setting spelled out, so that changing the stage's defaults doe
 }
 
 
+def pose2sim_views(ws: Workspace) -> tuple[np.ndarray, list[str], list[int]]:
+    """Pose2Sim's 4 calibrated views: their projection matrices ``[4, 3, 4]``, their videos ingested into ``ws``
+    (video ids) and their frame counts."""
+    calib, videos = assets.pose2sim_demo()
+    P = np.stack([c.P for c in read_qca(calib)])
+    ids = [ingest_file(ws, path, Source(kind="local", value=str(path)), f"pose2sim {path.stem}").video_id
+           for path in videos]  # fmt: skip
+    return P, ids, [probe_video(path).frames for path in videos]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
@@ -173,19 +183,13 @@ def main() -> None:
     parser.add_argument("--no-sync", action="store_true", help="take the videos' frames as synchronised")
     args = parser.parse_args()
     ws = Workspace(args.workspace or assets.cache_dir() / "bench-pose2d-ws")
-    calib, videos = assets.pose2sim_demo()
-    cameras = read_qca(calib)
-    P = np.stack([c.P for c in cameras])
+    P, video_ids, frames = pose2sim_views(ws)
     detector = DetectorConfig(weights=str(assets.person_detector_weights()), classes=["person"],
                               class_names=assets.PERSON_DETECTOR_CLASSES, batch=8)  # fmt: skip
-    video_ids, frames = [], []
-    for path in videos:
-        record = ingest_file(ws, path, Source(kind="local", value=str(path)), f"pose2sim {path.stem}")
-        tracked = track_video(ws, record.video_id, detector, progress=False)
+    for video_id in video_ids:
+        tracked = track_video(ws, video_id, detector, progress=False)
         if tracked.status == "failed":
-            raise RuntimeError(f"tracking failed on {path.name}: {tracked.error}")
-        video_ids.append(record.video_id)
-        frames.append(probe_video(path).frames)
+            raise RuntimeError(f"tracking failed on {video_id}: {tracked.error}")
     results, offsets = {}, None
     for row in args.rows.split(","):
         label, overrides = ROWS[row]

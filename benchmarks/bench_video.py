@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.bench_pose2d import measure, shift_views, subject_keypoints, synchronise
+from benchmarks.bench_pose2d import measure, pose2sim_views, shift_views, subject_keypoints, synchronise
 from benchmarks.bench_tracking import video_path
 from benchmarks.common import write_result
 from benchmarks.tracking_eval import TrackingScore, load_truth, score_tracks
 from pipeline import assets
-from pipeline.calibration import read_qca
 from pipeline.config import DetectorConfig, PoseConfig, Source
 from pipeline.detect_track import load_detector, run_tracker, track_video
 from pipeline.detector_runtime import exported_weights
@@ -108,19 +107,17 @@ def pose_quality(settings: dict[str, Setting], threshold: float = 0.3) -> dict[s
     """bench_pose2d's multi-view measure of each setting's track + pose stages on Pose2Sim's 4 calibrated views
     (view offsets found on the first setting's poses and kept for all)."""
     ws = Workspace(tempfile.mkdtemp(prefix="mas-bench-video-views-"))
-    calib, videos = assets.pose2sim_demo()
-    P = np.stack([c.P for c in read_qca(calib)])
-    records = [ingest_file(ws, path, Source(kind="local", value=str(path)), path.stem) for path in videos]
-    frames = min(probe_video(path).frames for path in videos)
+    P, video_ids, frame_counts = pose2sim_views(ws)
+    frames = min(frame_counts)
     out, offsets = {}, None
     for name, setting in settings.items():
         views = []
-        for record in records:
-            tracked = track_video(ws, record.video_id, setting.detector(), force=True, progress=False)
-            posed = pose_video(ws, record.video_id, setting.pose(), "coco17", force=True, progress=False)
+        for video_id in video_ids:
+            tracked = track_video(ws, video_id, setting.detector(), force=True, progress=False)
+            posed = pose_video(ws, video_id, setting.pose(), "coco17", force=True, progress=False)
             if tracked.status != "done" or posed.status != "done":
-                raise RuntimeError(f"{name} on {record.video_id}: {tracked.error or posed.error}")
-            views.append(subject_keypoints(read_poses(ws, record.video_id)[0], frames))
+                raise RuntimeError(f"{name} on {video_id}: {tracked.error or posed.error}")
+            views.append(subject_keypoints(read_poses(ws, video_id)[0], frames))
         kp = np.stack(views)
         offsets = offsets or synchronise(P, kp, threshold)
         out[name] = measure(P, shift_views(kp, offsets), threshold)
