@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
-from models.mas import SamplingError, _rotations, config_camera_distance
+from models.mas import SamplingError, _rotations, chunk_sizes, config_camera_distance, sample_chunk
 from pipeline.cameras import (
     DEFAULT_DISTANCE,
     DEFAULT_ELEVATION,
@@ -61,25 +61,36 @@ def sds_sample(
     config: SDSConfig | None = None,
     seed: int = 0,
     progress: bool = False,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """Optimise ``num_samples`` 3D motions ``[S, L, J, 3]`` by score distillation."""
+    """Optimise ``num_samples`` 3D motions ``[S, L, J, 3]`` by score distillation, ``chunk`` samples at a time
+    (:func:`models.mas.sample_chunk`; each motion's optimisation is independent of the others')."""
     cfg = config or SDSConfig()
+    generator = torch.Generator(device=trained.device).manual_seed(seed)
+    sizes = chunk_sizes(num_samples, sample_chunk(trained.device, chunk, 1))
+    trained.model.requires_grad_(False)
+    bar = tqdm(total=cfg.iterations * len(sizes), disable=not progress, desc="SDS", unit="it")
+    out = [_sds_chunk(trained, size, num_samples, length, cfg, generator, bar) for size in sizes]
+    bar.close()
+    return torch.cat(out)
+
+
+def _sds_chunk(trained, size, num_samples, length, cfg, generator, bar) -> torch.Tensor:
+    """SDS for ``size`` motions; the loss is scaled by the whole set's ``num_samples`` as one pass over all would."""
     device = trained.device
-    generator = torch.Generator(device=device).manual_seed(seed)
     joints = trained.model.config.num_joints
     diffusion = trained.diffusion
     steps = diffusion.num_steps
     distance = config_camera_distance(cfg, trained.mean)
-    motion = (0.1 * torch.randn(num_samples, length, joints, 3, device=device, generator=generator)).requires_grad_()
+    motion = (0.1 * torch.randn(size, length, joints, 3, device=device, generator=generator)).requires_grad_()
     optimizer = torch.optim.Adam([motion], lr=cfg.lr)
-    trained.model.requires_grad_(False)
-    for it in tqdm(range(cfg.iterations), disable=not progress, desc="SDS"):
-        azimuth = (torch.rand(num_samples, 1, device=device, generator=generator) * 2 - 1) * torch.pi
+    for it in range(cfg.iterations):
+        azimuth = (torch.rand(size, 1, device=device, generator=generator) * 2 - 1) * torch.pi
         rot = _rotations(azimuth, cfg.elevation)  # [S, 1, 3, 3]
         views = project_each(motion, rot, distance, cfg.projection)[:, 0]  # [S, L, J, 2]
         z = trained.normalise(views)
         low = sds_lowest_timestep(it, cfg.iterations, steps, cfg.annealed)
-        t = torch.randint(low, max(steps, low + 1), (num_samples,), device=device, generator=generator)
+        t = torch.randint(low, max(steps, low + 1), (size,), device=device, generator=generator)
         noise = torch.randn(z.shape, device=device, generator=generator)
         with torch.no_grad():
             z0_hat = trained.model(diffusion.q_sample(z.detach(), t, noise), t)
@@ -89,4 +100,5 @@ def sds_sample(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        bar.update()
     return motion.detach()

@@ -132,6 +132,35 @@ def test_mas_is_seeded_and_batched(known_motions):
     assert dyn.shape == no3d.shape == (2, 16, 17, 3)
 
 
+def test_chunked_sampling_is_the_same_algorithm_per_sample():
+    """Chunks (the CPU default: 320 motions per denoiser pass) draw from one random stream in order: the first chunk of
+    a large set is exactly a set of that size, every chunk is a full MAS run (one model call per step each), and the
+    choice of chunk changes nothing but which random numbers a sample gets."""
+    trained = _trained(Shrink(17))
+    cfg = MASConfig(num_views=3, steps=10)
+    small = mas_sample(trained, 2, 16, cfg, seed=4, chunk=2)
+    large = mas_sample(trained, 5, 16, cfg, seed=4, chunk=2)
+    torch.testing.assert_close(large[:2], small)
+    assert large.shape == (5, 16, 17, 3) and not torch.allclose(large[2:4], small)
+    calls = []
+    original = trained.model.forward
+    trained.model.forward = lambda x, t, valid=None: (calls.append(len(x)), original(x, t))[1]
+    mas_sample(trained, 5, 16, cfg, seed=4, chunk=2)
+    assert calls == [6] * 10 + [6] * 10 + [3] * 10  # chunks of 2, 2, 1 samples x 3 views, 10 steps each
+    calls.clear()
+    mas_sample(trained, 5, 16, cfg, seed=4, chunk=None)  # the CPU default: 320 // 3 = 106 samples per pass
+    assert calls == [15] * 10
+    # SDS: the loss keeps the whole set's scale, so a chunk optimises as the same motions would in one pass
+    sds_cfg = SDSConfig(iterations=20, projection="orthographic")
+    trained.model.forward = original
+    alone = sds_sample(trained, 2, 8, sds_cfg, seed=0)
+    chunked = sds_sample(trained, 4, 8, sds_cfg, seed=0, chunk=2)
+    # the first chunk draws what a set of 2 draws; its loss is scaled by 4, not 2, which Adam cancels (up to its eps)
+    torch.testing.assert_close(chunked[:2], alone, atol=1e-4, rtol=0)
+    with pytest.raises(SamplingError, match="chunk"):
+        mas_sample(trained, 2, 8, cfg, chunk=0)
+
+
 def test_mas_bad_input_errors():
     with pytest.raises(SamplingError, match="at least 2 views"):
         MASConfig(num_views=1)
