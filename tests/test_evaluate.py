@@ -23,8 +23,10 @@ from pipeline.cli import app
 from pipeline.evaluate_stage import (
     HEADLINE_2D,
     EvalCamera,
-    draw_chunks,
+    draw_indices,
+    embed_once,
     markdown_report,
+    project_for_eval,
     ranking_failures,
     run_evaluation,
 )
@@ -126,15 +128,43 @@ def test_3d_headline_metrics_rank_real_motion_above_trivial_baselines():
             assert floor + floor_ci < base - base_ci, (metric, label, scores["floor"][metric], scores[label][metric])
 
 
-def test_draw_chunks_take_new_generated_motions_every_draw():
-    motions = np.arange(50)[:, None]
-    chunks = draw_chunks(motions, 10, 3, np.random.default_rng(0), "set", generated=True)
-    assert len(chunks) == 3 and len(np.unique(np.concatenate(chunks))) == 30  # disjoint
-    assert len(draw_chunks(motions, 20, 5, np.random.default_rng(0), "set", generated=True)) == 2  # never reused
+def test_draws_take_new_generated_motions_every_draw():
+    draws = draw_indices(50, 10, 3, np.random.default_rng(0), "set", generated=True)
+    assert len(draws) == 3 and len(np.unique(np.concatenate(draws))) == 30  # disjoint
+    assert len(draw_indices(50, 20, 5, np.random.default_rng(0), "set", generated=True)) == 2  # never reused
     with pytest.raises(ValueError, match="mas sample --num-samples"):
-        draw_chunks(motions, 60, 2, np.random.default_rng(0), "sample set x", generated=True)
-    real = draw_chunks(motions, 20, 4, np.random.default_rng(0), "data", generated=False)
+        draw_indices(50, 60, 2, np.random.default_rng(0), "sample set x", generated=True)
+    real = draw_indices(50, 20, 4, np.random.default_rng(0), "data", generated=False)
     assert len(real) == 4 and all(len(np.unique(c)) == 20 for c in real)
+
+
+def test_each_pool_motion_is_embedded_once_and_projected_as_normalize_2d_would():
+    from models.evaluator import MotionEvaluator, embed
+    from pipeline.cameras import normalize_2d, project, rotation_matrix
+
+    seen = []
+
+    config = EvaluatorConfig(num_joints=17, latent_dim=32, ff_size=64, num_layers=1, max_len=8)
+    evaluator = MotionEvaluator(config).eval()
+    pool = np.random.default_rng(0).normal(size=(30, 8, 17, 2)).astype(np.float32)
+    draws = [np.arange(10), np.arange(5, 15), np.array([29, 0, 3])]
+    embeddings = embed_once(evaluator, lambda idx: (seen.append(idx), pool[idx])[1], draws)
+    assert len(seen) == 1 and sorted(seen[0]) == sorted(set(np.concatenate(draws)))  # one call, each motion once
+    for draw, emb in zip(draws, embeddings, strict=True):
+        np.testing.assert_allclose(emb, embed(evaluator, pool[draw]), atol=1e-5)
+    # the batched projection equals the per-motion one (project, then normalize_2d with y up, then z-score)
+    motions = generate_motions(6, 20, seed=1)
+    rng = np.random.default_rng(2)
+    azimuths, elevations = rng.uniform(-np.pi, np.pi, 6), rng.uniform(0.0, 0.4, 6)
+    mean, std = np.float32(0.1), np.float32(0.5)
+    batched = project_for_eval(motions, azimuths, COCO17.root, COCO17.body_joints, mean, std, elevations, 7.0)
+    for k in range(6):
+        centred = motions[k] - motions[k][:, list(COCO17.root)].mean(axis=(0, 1))
+        xy = project(centred.astype(np.float64), rotation_matrix([azimuths[k]], elevations[k]), 7.0)[0]
+        norm, _, _ = normalize_2d(xy, None, COCO17.root, COCO17.body_joints, y_down=False)
+        np.testing.assert_allclose(batched[k], (norm - mean) / std, atol=2e-5)
+    with pytest.raises(ValueError, match="NaN"):
+        project_for_eval(np.full_like(motions, np.nan), azimuths, COCO17.root, COCO17.body_joints, mean, std)
 
 
 def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
