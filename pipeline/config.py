@@ -154,6 +154,8 @@ class ProcessConfig(_Strict):
     min_mean_conf: float = Field(default=0.4, ge=0, le=1)
     max_overlapping_tracks: int = Field(default=6, gt=0, description="crowd filter")
     min_motion: float = Field(default=0.05, ge=0, description="static-track filter, in data units")
+    min_pose_fill: float = Field(default=0.35, ge=0, le=1, description="implausible-pose filter: confident body "
+                                 "joints must span this share of their box (median over frames; 0: off)")  # fmt: skip
     max_jump: float = Field(default=0.5, gt=0, description="split where the root moves more per frame (data units)")
     max_gap_frames: int = Field(default=5, ge=0, description="longest low-confidence gap filled by interpolation")
     smoothing: Literal["none", "savgol", "butterworth", "one_euro"] = "savgol"

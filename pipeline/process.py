@@ -11,7 +11,8 @@ Each step is a small function with its parameters in the dataset config (``proce
 6. :func:`fill_gaps`          interpolate short low-confidence gaps; confidences stay low (masked in the loss)
 7. :func:`smooth`             Savitzky-Golay, Butterworth or one-euro on x, y
 8. :func:`cut_clips`          cut into clips of ``clip_min_frames .. clip_max_frames``
-9. filters                    short, low mean confidence, static
+9. filters                    implausible pose (:func:`pose_fill`, before step 3), short, low mean confidence,
+                              static
 10. normalise                 :func:`pipeline.cameras.normalize_2d` (shared with MAS and evaluation)
 11. split by video (seeded), mirror train clips, write dataset + card
 
@@ -139,6 +140,27 @@ def trim_unseen_edges(track: Track, skeleton: Skeleton) -> Track | None:
     if first == 0 and last == len(seen):
         return track
     return track.take(slice(first, last))
+
+
+def pose_fill(track: Track, skeleton: Skeleton, conf_threshold: float) -> float:
+    """How much of its box a track's pose spans: per frame, the larger of the confident body joints' extent over the
+    box's width and over its height (either way up: a person lying down fills the box's width); the median over the
+    frames with two or more such joints, NaN without any (or without boxes of positive size).
+
+    A person fills the box (0.70-0.79 for the subjects of the pose2sim recordings); a skeleton that the pose model
+    "finds" on an object the detector mistook for a person does not (0.13-0.16 for the cloth on a table there).
+    """
+    kp = track.keypoints[:, skeleton.body_joints]
+    ok = (kp[..., 2] > conf_threshold) & np.isfinite(kp[..., :2]).all(-1)
+    size = np.stack([track.boxes[:, 2] - track.boxes[:, 0], track.boxes[:, 3] - track.boxes[:, 1]], -1)  # [N, 2]
+    usable = (ok.sum(-1) >= 2) & (size > 0).all(-1)
+    if not usable.any():
+        return float("nan")
+    xy = np.where(ok[..., None], kp[..., :2], np.nan)[usable]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        extent = np.nanmax(xy, 1) - np.nanmin(xy, 1)  # [M, 2]
+    return float(np.median((extent / size[usable]).max(-1)))
 
 
 def resample(track: Track, src_fps: float, dst_fps: float) -> Track:
@@ -348,6 +370,9 @@ def process_tracks(
         trimmed = trim_unseen_edges(track, skeleton)
         if trimmed is None:
             dropped["never_seen"] += 1  # no frame with any body joint (the pose model found nobody in the box)
+            continue
+        if cfg.min_pose_fill > 0 and pose_fill(trimmed, skeleton, cfg.conf_threshold) < cfg.min_pose_fill:
+            dropped["implausible_pose"] += 1  # a small skeleton inside a large box: no subject there
             continue
         for piece in split_track(trimmed, skeleton, cfg):
             piece = trim_unseen_edges(piece, skeleton)

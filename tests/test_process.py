@@ -14,6 +14,7 @@ from pipeline.process import (
     finalize,
     hampel,
     place_unseen_joints,
+    pose_fill,
     process_tracks,
     resample,
     smooth,
@@ -118,8 +119,18 @@ def test_process_tracks_counts_drops_and_handles_nans():
     short = pixel_track(8, 10, track_id=4, offset=(1200.0, 100.0), scale=80)
     nan_track = pixel_track(9, 90, track_id=5, offset=(300.0, 600.0), scale=80)
     nan_track.keypoints[:, 0, :] = np.nan  # a joint the backend never predicted
-    result = process_tracks([walk, static, dim, short, nan_track], COCO17, CFG, 30.0, 30.0)
+    cloth = pixel_track(10, 90, track_id=6, offset=(900.0, 500.0), scale=60)  # a small skeleton in a large box
+    centre = cloth.boxes.reshape(-1, 2, 2).mean(1)
+    cloth.boxes = np.concatenate([centre - 200, centre + 200], -1)  # what the pose model "found" on a detected object
+    assert pose_fill(walk, COCO17, 0.3) > 0.7 and pose_fill(cloth, COCO17, 0.3) < 0.35
+    lying = pixel_track(11, 90)  # a person lying down fills the box's width: plausible
+    lying.keypoints[..., :2] = lying.keypoints[..., ::-1][..., 1:3]
+    lying.boxes = lying.boxes[:, [1, 0, 3, 2]]
+    assert pose_fill(lying, COCO17, 0.3) > 0.7
+    result = process_tracks([walk, static, dim, short, nan_track, cloth], COCO17, CFG, 30.0, 30.0)
     assert result.dropped["static"] >= 1 and result.dropped["low_confidence"] >= 1 and result.dropped["too_short"] == 1
+    assert result.dropped["implausible_pose"] == 1
+    assert process_tracks([cloth], COCO17, CFG.model_copy(update={"min_pose_fill": 0.0}), 30.0, 30.0).clips  # off
     assert len(result.clips) == 4  # walk and nan_track, two 40-frame clips each
     for clip in result.clips:
         assert np.isfinite(clip).all() and clip.shape[1:] == (17, 3)
