@@ -89,6 +89,14 @@ def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tu
     return crop, np.array([ox, oy], np.float32), float(s)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def native_stderr_silenced():
     """Send file descriptor 2 to /dev/null for a block: TFLite and absl write their start-up lines ("Created
@@ -130,7 +138,7 @@ class MediaPipeBackend:
     MAX_IDLE_GRAPHS = 4
 
     def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False,
-                 tracking: bool = False, redetect_every: int = 30):  # fmt: skip
+                 tracking: bool = False, redetect_every: int = 30, workers: int | None = None):  # fmt: skip
         try:
             import mediapipe as mp
         except ImportError as exc:
@@ -143,6 +151,8 @@ class MediaPipeBackend:
         self.flip_test = flip_test
         self.tracking = tracking
         self.redetect_every = redetect_every
+        self.workers = workers or usable_cores()  # tracks posed side by side in tracking mode
+        self._executor = None
         self.min_confidence = min_confidence
         with native_stderr_silenced():
             self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
@@ -180,15 +190,33 @@ class MediaPipeBackend:
         return found
 
     def _estimate(self, image: np.ndarray, boxes: np.ndarray, graphs_of=None) -> np.ndarray:
+        """Keypoints of every box. Crops whose graphs are their track's own, already started, run side by side on
+        the worker threads (mediapipe releases the GIL while a graph computes; one graph is never fed from two
+        threads); the shared static graph and a graph's first inference (its start-up lines are silenced through
+        the process-wide stderr) run here, one after the other."""
         out = np.full((len(boxes), 17, 3), np.nan, np.float32)
         out[..., 2] = 0.0
+        jobs = []
         for n, box in enumerate(boxes):
             crop, origin, side = crop_square(image, box, self.padding)
-            found = self._pose_crop(crop, graphs_of(n) if graphs_of else (None, None))
+            jobs.append((crop, origin, side, graphs_of(n) if graphs_of else (None, None)))
+        own = [n for n, job in enumerate(jobs) if job[3][0] is not None and not set(job[3]) & self._starting]
+        if self.workers < 2 or len(own) < 2:
+            own = []
+        futures = {n: self._pool().submit(self._pose_crop, jobs[n][0], jobs[n][3]) for n in own}
+        for n, (crop, origin, side, graphs) in enumerate(jobs):
+            found = futures[n].result() if n in futures else self._pose_crop(crop, graphs)
             if found is not None:
                 out[n, :, :2] = origin + found[:, :2] * side
                 out[n, :, 2] = found[:, 2]
         return out
+
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="blazepose")
+        return self._executor
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self._estimate(image, boxes)
@@ -265,6 +293,9 @@ class MediaPipeBackend:
     def close(self) -> None:
         self.release_tracks()
         self._pose.close()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
 
 def merge_flipped(a: np.ndarray, b: np.ndarray) -> np.ndarray:

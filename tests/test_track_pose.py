@@ -372,6 +372,16 @@ def test_mediapipe_tracking_graphs_end_with_their_tracks_and_a_gap_starts_afresh
     redetecting = list(MediaPipeBackend(tracking=True, redetect_every=3).estimate_frames(one))
     np.testing.assert_allclose(redetecting[6], static[6], atol=1e-4)  # a detection every 3 frames: 0, 3, 6
     assert not np.allclose(redetecting[5], static[5], atol=1e-3)
+    # every track's crops side by side on worker threads: exactly what one thread computes (real two-person frames)
+    both = [f for f in _demo_frames(ws, video_id, 120) if len(f.boxes) >= 2][:10]
+    assert len(both) == 10, "the demo clip shows both people"
+    serial = list(MediaPipeBackend(tracking=True, workers=1).estimate_frames(both))
+    threaded = MediaPipeBackend(tracking=True, workers=2)
+    parallel = list(threaded.estimate_frames(both))
+    assert threaded._executor is not None  # the worker threads did run
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+    threaded.close()
     # many short tracks, each in two consecutive frames: graphs are given back as tracks end
     blank = np.zeros((120, 120, 3), np.uint8)
     box = np.array([[10, 10, 110, 110]], np.float32)
