@@ -44,20 +44,24 @@ class Setting:
     runtime: str
     stride: int
     tracking: bool  # BlazePose tracking mode (pose.mediapipe_tracking)
+    workers: int | None = 1  # tracks posed side by side (pose.workers; None: one per usable core)
 
     def detector(self) -> DetectorConfig:
         return DetectorConfig(weights=str(assets.person_detector_weights()), class_names=assets.PERSON_DETECTOR_CLASSES,
                               runtime=self.runtime, stride=self.stride, batch=8)  # fmt: skip
 
     def pose(self) -> PoseConfig:
-        return PoseConfig(backend="mediapipe", mediapipe_tracking=self.tracking)
+        return PoseConfig(backend="mediapipe", mediapipe_tracking=self.tracking, workers=self.workers)
 
 
 SETTINGS = {  # every setting spelled out, so that changing the defaults does not change a row
     "today": Setting("today: PyTorch detector on every frame, BlazePose detector on every crop", "torch", 1, False),
     "openvino": Setting("OpenVINO detector (detector.runtime: auto)", "openvino", 1, False),
     "tracking": Setting("+ BlazePose tracking mode (pose.mediapipe_tracking)", "openvino", 1, True),
-    "defaults": Setting("+ detector on every 2nd frame (detector.stride 2): the new defaults", "openvino", 2, True),
+    "defaults": Setting("+ detector on every 2nd frame (detector.stride 2)", "openvino", 2, True),
+    "threads": Setting(
+        "+ tracks posed side by side, one per core (pose.workers): the new defaults", "openvino", 2, True, None
+    ),
     "stride3": Setting("+ detector on every 3rd frame (detector.stride 3)", "openvino", 3, True),
 }
 STAGES = ("detect + track", "pose")
@@ -135,6 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--no-quality", action="store_true", help="speed only")
+    parser.add_argument("--name", default="video", help="result file (benchmarks/results/NAME.md)")
     args = parser.parse_args()
     settings = {name: SETTINGS[name] for name in args.settings.split(",")}
     weights = assets.person_detector_weights()
@@ -181,7 +186,7 @@ def main() -> None:
                          f"| {s.bystander_tracks + s.object_tracks} | {m['median']:.1f} | {m['p90']:.1f} "
                          f"| {min(arms):.0f}-{max(arms):.0f} |")  # fmt: skip
     lines += ["", f"{time.perf_counter() - start:.0f} s in all."]
-    write_result("video", "Video stages: speed against today, and quality", "\n".join(lines))
+    write_result(args.name, "Video stages: speed against today, and quality", "\n".join(lines))
 
 
 if __name__ == "__main__":

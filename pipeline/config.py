@@ -142,6 +142,8 @@ class PoseConfig(_Strict):
     mediapipe_tracking: bool = Field(
         default=True, description="mediapipe: one BlazePose graph per track, fed its crops in order (no detector)"
     )
+    workers: int | None = Field(default=None, ge=1, description="mediapipe tracking: tracks posed side by side "
+                                "(None: one per usable CPU core); the poses do not depend on it")  # fmt: skip
     # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md
     repair_swaps: bool = Field(default=True, description="undo left/right label flips along each track")
     reject_outliers: bool = Field(default=True, description="joints far off their track's neighbours: confidence 0")

@@ -476,7 +476,8 @@ def make_backend(cfg: PoseConfig, skeleton: Skeleton | str) -> PoseBackend:
     keypoint_map(pose_keypoints(cfg, skeleton), skeleton)  # fails before a model is loaded
     if cfg.backend == "mediapipe":
         backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
-                                   flip_test=cfg.flip_test, tracking=cfg.mediapipe_tracking)  # fmt: skip
+                                   flip_test=cfg.flip_test, tracking=cfg.mediapipe_tracking,
+                                   workers=cfg.workers)  # fmt: skip
     elif cfg.backend == "yolo_pose":
         padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
         backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
@@ -514,7 +515,8 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
         raise ValueError(f"video {video_id!r} has no finished tracks; run `mas track` first")
     skeleton = as_skeleton(skeleton)
     stored = skeleton_meta(skeleton)
-    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg, **stored})
+    # the thread count changes how fast, never what: it is not part of the key (poses made with any count are kept)
+    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg.model_dump(exclude={"workers"}), **stored})
     if not force and catalog.is_done("poses", video_id, key):
         return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
     catalog.mark_running("poses", video_id, key=key)
