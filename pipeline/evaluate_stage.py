@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from models.checkpoint import load_trained_model  # noqa: E402
+from models.checkpoint import CHECKPOINT_NAME, load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
 from models.metrics import HEADLINE_3D, diversity, evaluate_3d, fid, mean_ci, normalize_3d, precision_recall  # noqa: E402
 from models.precision import checked_precision  # noqa: E402
@@ -50,7 +50,7 @@ from pipeline.cameras import (  # noqa: E402
 )
 from pipeline.evaluator_store import load_or_train_evaluator  # noqa: E402
 from pipeline.skeletons import SkeletonError, dataset_skeleton  # noqa: E402
-from storage import Catalog, Workspace  # noqa: E402
+from storage import Catalog, Workspace, file_sha256, stage_key  # noqa: E402
 from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset, read_truth_3d  # noqa: E402
 
 SIDE_AZIMUTH = math.pi / 2
@@ -312,8 +312,7 @@ def run_evaluation(
                      for emb, p in zip(ref_embeddings, picks_3d, strict=True)]  # fmt: skip
         sets = reference_sets(dataset, truth, skeleton, length, n, repeats, rng)
         if model_row:
-            fast, _, _ = checked_precision(trained, precision)  # as the sample sets beside it were sampled
-            plain = sample_2d(fast, n * repeats, length, seed=seed + 1, progress=progress).cpu().numpy()
+            plain = plain_2d_samples(ws, run, trained, n * repeats, length, seed + 1, precision, progress)
             sets.append(motion_set("2D model (plain sampling)", "reference", plain, n, repeats, rng, True))
         methods = {s: _sample_method(ws, s) for s in sample_sets}
         if sds_baseline and "sds" not in methods.values():
@@ -341,6 +340,26 @@ def run_evaluation(
                       meta={"run": run, "sample_sets": sample_sets, "length": length, "n": n, "repeats": repeats,
                             "evaluator": ws.relative(handle.folder), "warnings": warnings})  # fmt: skip
     return EvaluationResult(table, paths, n, handle.folder, warnings)
+
+
+def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, seed: int, precision: str,
+                     progress: bool) -> np.ndarray:  # fmt: skip
+    """The plain 2D row's ``count`` samples, in the precision the sample sets beside it were drawn with; kept in
+    ``evaluations/plain-2d-samples/`` by the checkpoint's content and the sampling parameters, so evaluating another
+    sample set of the same run does not sample them again (10 000 of them take minutes on a CPU)."""
+    fast, resolved, _ = checked_precision(trained, precision)
+    checkpoint = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
+    inputs = [file_sha256(checkpoint, ws.fs)] if ws.exists(checkpoint) else [run]
+    key = stage_key("plain-2d", inputs, {"count": count, "length": length, "seed": seed, "precision": resolved})
+    path = f"{ws.evaluation_dir('plain-2d-samples')}/{run}-{key[:16]}.npz"
+    if ws.exists(path):
+        with ws.local_copy(path) as local, np.load(local) as npz:
+            return npz["motions"]
+    motions = sample_2d(fast, count, length, seed=seed, progress=progress).cpu().numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, motions=motions)
+    ws.write_bytes(path, buffer.getvalue())  # atomic: a half-written file is never found
+    return motions
 
 
 def check_sample_set(ws: Workspace, sample_name: str, skeleton, length: int) -> np.ndarray:

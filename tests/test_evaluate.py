@@ -220,6 +220,13 @@ def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
     assert out.exit_code == 0, out.output
     for row in ("real train motions (3D)", "time-shuffled real", "SDS (plain)", "Ranking check"):
         assert row in out.output
+    # the plain 2D row's samples were kept by checkpoint and parameters: the second evaluation reused them
+    from pathlib import Path
+
+    kept = list(Path(ws.evaluation_dir("plain-2d-samples")).glob("evalrun-*.npz"))
+    assert len(kept) == 1
+    with np.load(kept[0]) as npz:
+        assert npz["motions"].shape == (16, 24, 17, 2)
 
 
 def test_ranking_failures_flags_a_metric_that_cannot_tell_real_from_trivial():
