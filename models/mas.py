@@ -122,6 +122,15 @@ def chunk_sizes(num_samples: int, chunk: int | None) -> list[int]:
     return [min(chunk, num_samples - start) for start in range(0, num_samples, chunk)]
 
 
+def sample_in_chunks(sizes: list[int], steps: int, desc: str, progress: bool, run_chunk) -> torch.Tensor:
+    """``run_chunk(size, bar)`` for each chunk size in order, concatenated; one progress bar of ``steps`` per chunk."""
+    bar = tqdm(total=steps * len(sizes), disable=not progress, desc=desc, unit="step")
+    try:
+        return torch.cat([run_chunk(size, bar) for size in sizes])
+    finally:
+        bar.close()
+
+
 @torch.no_grad()
 def mas_sample(
     trained: TrainedModel,
@@ -142,10 +151,13 @@ def mas_sample(
     sizes = chunk_sizes(num_samples, sample_chunk(trained.device, chunk, cfg.num_views))
     diffusion = trained.diffusion if cfg.steps is None else trained.diffusion.respaced(cfg.steps)
     generator = torch.Generator(device=trained.device).manual_seed(seed)
-    bar = tqdm(total=diffusion.num_steps * len(sizes), disable=not progress, desc="MAS", unit="step")
-    out = [_mas_chunk(trained, size, length, cfg, diffusion, generator, bar) for size in sizes]
-    bar.close()
-    return torch.cat(out)
+    return sample_in_chunks(
+        sizes,
+        diffusion.num_steps,
+        "MAS",
+        progress,
+        lambda size, bar: _mas_chunk(trained, size, length, cfg, diffusion, generator, bar),
+    )
 
 
 def _mas_chunk(trained, num_samples, length, cfg, diffusion, generator, bar) -> torch.Tensor:

@@ -14,10 +14,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from models.checkpoint import TrainedModel
-from models.mas import SamplingError, _rotations, chunk_sizes, config_camera_distance, sample_chunk
+from models.mas import (
+    SamplingError,
+    _rotations,
+    chunk_sizes,
+    config_camera_distance,
+    sample_chunk,
+    sample_in_chunks,
+)
 from pipeline.cameras import (
     DEFAULT_DISTANCE,
     DEFAULT_ELEVATION,
@@ -69,10 +75,13 @@ def sds_sample(
     generator = torch.Generator(device=trained.device).manual_seed(seed)
     sizes = chunk_sizes(num_samples, sample_chunk(trained.device, chunk, 1))
     trained.model.requires_grad_(False)
-    bar = tqdm(total=cfg.iterations * len(sizes), disable=not progress, desc="SDS", unit="it")
-    out = [_sds_chunk(trained, size, num_samples, length, cfg, generator, bar) for size in sizes]
-    bar.close()
-    return torch.cat(out)
+    return sample_in_chunks(
+        sizes,
+        cfg.iterations,
+        "SDS",
+        progress,
+        lambda size, bar: _sds_chunk(trained, size, num_samples, length, cfg, generator, bar),
+    )
 
 
 def _sds_chunk(trained, size, num_samples, length, cfg, generator, bar) -> torch.Tensor:
