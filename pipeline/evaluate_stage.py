@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from models.checkpoint import CHECKPOINT_NAME, load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
@@ -325,10 +326,9 @@ def run_evaluation(
             sets.append(_sample_set(ws, sds_name, "SDS (plain)", "reference", skeleton, length, n, repeats, rng))
         for sample_name in sample_sets:
             sets.append(_sample_set(ws, sample_name, sample_name, "evaluated", skeleton, length, n, repeats, rng))
-        rows = []
-        for scored in sets:
-            for view in ("all", "side") if scored.is_3d else ("-",):
-                rows.append(score_draws(scored, view, draw_refs, handle.model, dataset, skeleton, seed))
+        jobs = [(scored, view) for scored in sets for view in (("all", "side") if scored.is_3d else ("-",))]
+        rows = [score_draws(scored, view, draw_refs, handle.model, dataset, skeleton, seed)
+                for scored, view in tqdm(jobs, desc="scoring rows", unit="row", disable=not progress)]  # fmt: skip
         table = pd.DataFrame(rows)
         warnings = ranking_failures(table)
         folder = ws.evaluation_dir(name)
