@@ -90,10 +90,6 @@ class MotionSet:
     def is_3d(self) -> bool:
         return self.pool.shape[-1] == 3
 
-    @property
-    def chunks(self) -> list[np.ndarray]:
-        return [self.pool[draw] for draw in self.draws]
-
 
 def dataset_xy(dataset: MotionDataset, split: str, length: int, real_only: bool = False) -> np.ndarray:
     """First ``length`` frames of every clip of a split in data units ``[N, L, J, 2]``, as the models see them
