@@ -147,8 +147,9 @@ def pose_fill(track: Track, skeleton: Skeleton, conf_threshold: float) -> float:
     box's width and over its height (either way up: a person lying down fills the box's width); the median over the
     frames with two or more such joints, NaN without any (or without boxes of positive size).
 
-    A person fills the box (0.70-0.79 for the subjects of the pose2sim recordings); a skeleton that the pose model
-    "finds" on an object the detector mistook for a person does not (0.13-0.16 for the cloth on a table there).
+    A person fills the box (0.79-0.86 for the subject's tracks of the pose2sim recording's 4 views); a skeleton that
+    the pose model "finds" on an object the detector mistook for a person does not (0.18 for the cloth on a table in
+    its camera 1).
     """
     kp = track.keypoints[:, skeleton.body_joints]
     ok = (kp[..., 2] > conf_threshold) & np.isfinite(kp[..., :2]).all(-1)
