@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import min_median_max, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALUATOR_ARGS = "num_joints=1, num_layers=2, latent_dim=128, ff_size=512"
@@ -49,10 +49,6 @@ result = run_evaluation(ws, {run!r}, {name!r}, [{samples!r}], length={length}, n
 print("RESULT", json.dumps({{"seconds": time.perf_counter() - start,
                             "fid": result.table.set_index(["method", "view"])["fid"].to_dict().__repr__()}}))
 """
-
-
-def _stats(values: list[float]) -> str:
-    return f"{min(values):.4g} / {statistics.median(values):.4g} / {max(values):.4g}"
 
 
 def sampling_part(ws, run: str, samples: int, steps: int, rounds: int) -> list[str]:
@@ -91,7 +87,7 @@ def sampling_part(ws, run: str, samples: int, steps: int, rounds: int) -> list[s
              "| --- | --- | --- | --- |"]  # fmt: skip
     for name, (before, now) in times.items():
         ratio = statistics.median(before) / statistics.median(now)
-        lines.append(f"| {name} | {_stats(before)} | {_stats(now)} | {ratio:.2f}x |")
+        lines.append(f"| {name} | {min_median_max(before, '.4g')} | {min_median_max(now, '.4g')} | {ratio:.2f}x |")
     return lines
 
 

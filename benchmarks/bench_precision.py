@@ -20,16 +20,12 @@ import time
 import torch
 
 from benchmarks.bench_sampling import default_model
-from benchmarks.common import write_result
+from benchmarks.common import min_median_max, write_result
 from models.mas import MASConfig, mas_sample
 from models.precision import explain_precision, precision_error, resolve_precision, with_precision
 from models.trainer import TrainConfig, resolve_device, train, training_autocast_dtype
 from pipeline.synthetic import build_synthetic_dataset
 from storage import Workspace
-
-
-def _spread(values: list[float]) -> str:
-    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def main() -> None:
@@ -74,12 +70,12 @@ def main() -> None:
         base = statistics.median(times[("fp32", batch)])
         for p in sampling:
             median = statistics.median(times[(p, batch)])
-            rows.append(f"| MAS, batch {batch}: s per sample (100 steps) | {p} | {_spread(times[(p, batch)])} | "
+            rows.append(f"| MAS, batch {batch}: s per sample (100 steps) | {p} | {min_median_max(times[(p, batch)])} | "
                         f"{base / median:.2f}x faster | {errors[p]:.2%} |")  # fmt: skip
     base = statistics.median(train_times["fp32"])
     for p in training:
         median = statistics.median(train_times[p])
-        rows.append(f"| training: samples/s (batch {args.train_batch}) | {p} | {_spread(train_times[p])} | "
+        rows.append(f"| training: samples/s (batch {args.train_batch}) | {p} | {min_median_max(train_times[p])} | "
                     f"{median / base:.2f}x faster | - |")  # fmt: skip
     body = (
         f"Default model (8 layers, 512 d), {args.length} frames, MAS with 5 views timed over 20 respaced steps and "

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.bench_pose2d import measure, pose2sim_views, shift_views, subject_keypoints, synchronise
 from benchmarks.bench_tracking import video_path
-from benchmarks.common import write_result
+from benchmarks.common import min_median_max, write_result
 from benchmarks.tracking_eval import TrackingScore, load_truth, score_tracks
 from pipeline import assets
 from pipeline.config import DetectorConfig, PoseConfig, Source
@@ -129,10 +129,6 @@ def pose_quality(settings: dict[str, Setting], threshold: float = 0.3) -> dict[s
     return out
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):.1f} / {np.median(values):.1f} / {max(values):.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -165,8 +161,9 @@ def main() -> None:
     ]
     for name, setting in settings.items():
         total = np.median(np.sum([times[name][s] for s in STAGES], 0))
-        lines.append(f"| {setting.label} | {spread(times[name]['detect + track'])} | {spread(times[name]['pose'])} "
-                     f"| {total:.1f} | {frames / total:.1f} | {base / total:.2f}x |")  # fmt: skip
+        track, pose = (min_median_max(times[name][stage], ".1f") for stage in STAGES)
+        lines.append(f"| {setting.label} | {track} | {pose} | {total:.1f} | {frames / total:.1f} "
+                     f"| {base / total:.2f}x |")  # fmt: skip
     if not args.no_quality:
         lines += ["", "Quality of the same settings. Tracking: identities on the 9 labelled real videos (keyframes "
                   "every 10 frames; tracks per subject 1 is perfect). Pose: reprojection error of the subject's "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -27,6 +28,11 @@ def write_result(name: str, title: str, body: str) -> Path:
     path.write_text(f"# {title}\n\n{stamp} — {machine()}\n\n{body}\n")
     print(path.read_text())
     return path
+
+
+def min_median_max(values, spec: str = ".2f") -> str:
+    """``min / median / max`` of repeated measurements, each formatted with ``spec``."""
+    return " / ".join(format(v, spec) for v in (min(values), statistics.median(values), max(values)))
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -12,10 +12,16 @@ import torch
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
 from pipeline.skeletons import Skeleton, SkeletonError, check_joint_count, resolve_skeleton
-from storage import Workspace
+from storage import Workspace, file_sha256
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "last.pt"
+
+
+def checkpoint_hashes(ws: Workspace, run: str) -> list[str]:
+    """The content hash of run ``run``'s checkpoint as stage-key inputs (empty when it does not exist)."""
+    path = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
+    return [file_sha256(path, ws.fs)] if ws.exists(path) else []
 
 
 class CheckpointError(RuntimeError):

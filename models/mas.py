@@ -109,11 +109,11 @@ CPU_PASS_MOTIONS = 320
 def sample_chunk(device: torch.device, chunk: int | None, views: int) -> int | None:
     """Samples per pass: ``chunk`` if given; on a CPU :data:`CPU_PASS_MOTIONS` // ``views``; elsewhere None (all at
     once: a GPU is not memory-bound the same way, and chunking has not been measured there)."""
-    if chunk is not None and chunk < 1:
+    if chunk is None:
+        return max(1, CPU_PASS_MOTIONS // views) if device.type == "cpu" else None
+    if chunk < 1:
         raise SamplingError(f"the sample chunk must be at least 1, got {chunk}")
-    if chunk is not None:
-        return chunk
-    return max(1, CPU_PASS_MOTIONS // views) if device.type == "cpu" else None
+    return chunk
 
 
 def chunk_sizes(num_samples: int, chunk: int | None) -> list[int]:

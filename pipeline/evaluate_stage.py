@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from models.checkpoint import CHECKPOINT_NAME, load_trained_model  # noqa: E402
+from models.checkpoint import checkpoint_hashes, load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
 from models.metrics import HEADLINE_3D, diversity, evaluate_3d, fid, mean_ci, normalize_3d, precision_recall  # noqa: E402
 from models.precision import checked_precision  # noqa: E402
@@ -51,7 +51,7 @@ from pipeline.cameras import (  # noqa: E402
 )
 from pipeline.evaluator_store import load_or_train_evaluator  # noqa: E402
 from pipeline.skeletons import SkeletonError, dataset_skeleton  # noqa: E402
-from storage import Catalog, Workspace, file_sha256, stage_key  # noqa: E402
+from storage import Catalog, Workspace, stage_key  # noqa: E402
 from storage.motion_dataset import MotionDataset, model_input, open_motion_dataset, read_truth_3d  # noqa: E402
 
 SIDE_AZIMUTH = math.pi / 2
@@ -175,8 +175,9 @@ def draw_indices(count: int, n: int, repeats: int, rng: np.random.Generator, lab
 
 
 def motion_set(label: str, kind: str, motions: np.ndarray, n: int, repeats: int, rng: np.random.Generator,
-               generated: bool = False) -> MotionSet:  # fmt: skip
-    return MotionSet(label, kind, motions, draw_indices(len(motions), n, repeats, rng, label, generated))
+               generated: bool = False, where: str | None = None) -> MotionSet:  # fmt: skip
+    """A set with its draws; ``where`` names it in errors (default: ``label``)."""
+    return MotionSet(label, kind, motions, draw_indices(len(motions), n, repeats, rng, where or label, generated))
 
 
 def _sample_method(ws: Workspace, name: str) -> str | None:
@@ -344,9 +345,9 @@ def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, 
     ``evaluations/plain-2d-samples/`` by the checkpoint's content and the sampling parameters, so evaluating another
     sample set of the same run does not sample them again (10 000 of them take minutes on a CPU)."""
     fast, resolved, _ = checked_precision(trained, precision)
-    checkpoint = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
-    inputs = [file_sha256(checkpoint, ws.fs)] if ws.exists(checkpoint) else [run]
-    key = stage_key("plain-2d", inputs, {"count": count, "length": length, "seed": seed, "precision": resolved})
+    key = stage_key(
+        "plain-2d", checkpoint_hashes(ws, run), {"count": count, "length": length, "seed": seed, "precision": resolved}
+    )
     path = f"{ws.evaluation_dir('plain-2d-samples')}/{run}-{key[:16]}.npz"
     if ws.exists(path):
         with ws.local_copy(path) as local, np.load(local) as npz:
@@ -380,8 +381,7 @@ def check_sample_set(ws: Workspace, sample_name: str, skeleton, length: int) -> 
 
 def _sample_set(ws, sample_name, label, kind, skeleton, length, n, repeats, rng) -> MotionSet:
     motions = normalize_3d(check_sample_set(ws, sample_name, skeleton, length)[:, :length], skeleton)
-    where = f"sample set {sample_name}"
-    return MotionSet(label, kind, motions, draw_indices(len(motions), n, repeats, rng, where, generated=True))
+    return motion_set(label, kind, motions, n, repeats, rng, generated=True, where=f"sample set {sample_name}")
 
 
 def _better(metric: str, a: float, a_ci: float, b: float, b_ci: float) -> bool:

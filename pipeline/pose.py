@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from models.hardware import usable_cores
 from pipeline.config import PoseConfig, pose_keypoints
 from pipeline.keypoint_maps import KeypointMap, keypoint_map
 from pipeline.pose_refine import refine_poses
@@ -87,14 +88,6 @@ def crop_square(image: np.ndarray, box: np.ndarray, padding: float = 0.25) -> tu
     if sx2 > sx1 and sy2 > sy1:
         crop[sy1 - oy : sy2 - oy, sx1 - ox : sx2 - ox] = image[sy1:sy2, sx1:sx2]
     return crop, np.array([ox, oy], np.float32), float(s)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.checkpoint import CHECKPOINT_NAME, load_trained_model
+from models.checkpoint import CHECKPOINT_NAME, checkpoint_hashes, load_trained_model
 from models.mas import MASConfig, SamplingError, mas_sample
 from models.precision import checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
@@ -33,7 +33,7 @@ from pipeline.rigid import build_rig
 from pipeline.rigid_export import ExportConfig, write_rigid_outputs
 from pipeline.skeletons import Skeleton, resolve_skeleton
 from pipeline.visualize import azimuth_label, render_motion_3d, views_strip
-from storage import Catalog, Workspace, file_sha256, stage_key
+from storage import Catalog, Workspace, stage_key
 from storage.bvh import to_bvh
 from storage.locks import ArtifactLock
 
@@ -81,7 +81,7 @@ def run_sampling(
     requested, precision = precision, resolve_precision(precision, dev)  # auto: the fastest native one (checked)
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
               "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
-    key = stage_key("sample", [file_sha256(ckpt, ws.fs)] if ws.exists(ckpt) else [], params)
+    key = stage_key("sample", checkpoint_hashes(ws, run), params)
     if not force and catalog.is_done("sample", name, key):
         with ws.local_copy(npz_path) as local:
             motions = np.load(local)["motions"]
