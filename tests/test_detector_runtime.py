@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.assets import PERSON_DETECTOR_CLASSES
 from pipeline.config import DetectorConfig
-from pipeline.detect_track import bridge_strided, load_detector, run_tracker, strided_frame
-from pipeline.detector_runtime import RuntimeUnavailable, exported_weights, resolve_runtime
+from pipeline.detect_track import bridge_strided, load_detector, load_yolo, run_tracker, strided_frame
+from pipeline.detector_runtime import RuntimeUnavailable, detector_names, exported_weights, resolve_runtime
 from pipeline.track_cleanup import box_overlap
 from pipeline.video import iter_frames
 from storage.tables import TRACK_COLUMNS
@@ -80,6 +80,9 @@ def test_an_export_tracks_like_pytorch_once_made(runtime, short_clip, person_det
     cfg = detector_config(person_detector, runtime=runtime)
     model, resolved, _ = load_detector(cfg)
     assert resolved == runtime and str(first) in str(model.model_name)
+    # the cached export is loaded without the .pt file, and its class names come from its metadata, without the
+    # throwaway predictor (one more model compile) that Ultralytics builds to read them
+    assert detector_names(model) == load_yolo(str(person_detector)).names and model.predictor is None
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

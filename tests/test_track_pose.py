@@ -378,10 +378,20 @@ def test_mediapipe_tracking_graphs_end_with_their_tracks_and_a_gap_starts_afresh
     serial = list(MediaPipeBackend(tracking=True, workers=1).estimate_frames(both))
     threaded = MediaPipeBackend(tracking=True, workers=2)
     parallel = list(threaded.estimate_frames(both))
-    assert threaded._executor is not None  # the worker threads did run
+    assert len(threaded._lanes) == 2  # the worker threads did run
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
     threaded.close()
+    # the same with graphs given up every 3 frames (waits for their lanes before a reset) and the flip test's
+    # mirrored graphs sharing their track's lane, over frames with one, two and no tracks
+    mixed = _demo_frames(ws, video_id, 24)
+    for options in ({"redetect_every": 3}, {"flip_test": True, "redetect_every": 5}):
+        serial = list(MediaPipeBackend(tracking=True, workers=1, **options).estimate_frames(mixed))
+        lanes = MediaPipeBackend(tracking=True, workers=2, **options)
+        for a, b in zip(serial, lanes.estimate_frames(mixed), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert lanes.open_graphs == 0 and not lanes._lane_of and not lanes._last_job
+        lanes.close()
     # many short tracks, each in two consecutive frames: graphs are given back as tracks end
     blank = np.zeros((120, 120, 3), np.uint8)
     box = np.array([[10, 10, 110, 110]], np.float32)
