@@ -61,7 +61,7 @@ SETTINGS = {  # every setting spelled out, so that changing the defaults does no
     "tracking": Setting("+ BlazePose tracking mode (pose.mediapipe_tracking)", "openvino", 1, True),
     "defaults": Setting("+ detector on every 2nd frame (detector.stride 2)", "openvino", 2, True),
     "threads": Setting(
-        "+ tracks posed side by side, one per core (pose.workers): the new defaults", "openvino", 2, True, None
+        "+ tracks posed side by side, one lane per core (pose.workers): the defaults", "openvino", 2, True, None
     ),
     "stride3": Setting("+ detector on every 3rd frame (detector.stride 3)", "openvino", 3, True),
     "imgsz512": Setting("+ threads, detector input 512 (detector.imgsz 512)", "openvino", 2, True, None, 512),

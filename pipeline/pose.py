@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from models.hardware import usable_cores
@@ -156,6 +157,7 @@ class MediaPipeBackend:
         self._tracks: dict[tuple[int, bool], tuple[object, int, int]] = {}  # (track id, mirrored) → (graph, first
         # and last frame it posed)
         self._idle: list = []  # reset video-mode graphs, ready for a new track
+        self._draining: list = []  # (graph, its last crop's future) of given-up graphs whose crops may be on a lane
 
     def _process(self, crop: np.ndarray, graph=None):
         graph = graph or self._pose
@@ -301,6 +303,7 @@ class MediaPipeBackend:
             graph, first, _ = self._tracks[key]
             self._tracks[key] = (graph, first, frame)
             return graph
+        self._reap()
         if self._idle:
             graph = self._idle.pop()
         else:
@@ -313,39 +316,49 @@ class MediaPipeBackend:
         return graph
 
     def _release(self, key: tuple[int, bool]) -> None:
+        """Give up a track's graph. Its crops still on a lane are posed first: until then it drains (nobody waits
+        for it here, so the lanes stay fed), and :meth:`_reap` resets it for a new track afterwards."""
+        self._drain(key)
+        self._reap()
+
+    def _drain(self, key: tuple[int, bool]) -> None:
         graph = self._tracks.pop(key)[0]
         self._lane_of.pop(graph, None)
-        last = self._last_job.pop(graph, None)
-        if last is not None:  # its crops still on a lane are posed before the graph forgets the track
-            from concurrent.futures import wait
+        self._draining.append((graph, self._last_job.pop(graph, None)))
 
-            wait([last])
-        if len(self._idle) < self.MAX_IDLE_GRAPHS:
-            graph.reset()  # forgets the track's landmarks
+    def _reap(self) -> None:
+        """Reset the drained graphs (they forget their track's landmarks) and keep at most ``MAX_IDLE_GRAPHS``
+        graphs between tracks, waiting for the oldest draining ones where there are more."""
+        from concurrent.futures import wait
+
+        while self._draining and len(self._draining) + len(self._idle) > self.MAX_IDLE_GRAPHS:
+            graph, last = self._draining.pop(0)
+            wait([last] if last is not None else [])
+            graph.close()
+        for graph, last in [d for d in self._draining if d[1] is None or d[1].done()]:
+            self._draining.remove((graph, last))
+            graph.reset()
             self._starting.add(graph)
             self._idle.append(graph)
-        else:
-            graph.close()
 
     def release_tracks(self) -> None:
-        """Close every video-mode graph (the end of a video)."""
-        for key in list(self._tracks):
-            graph = self._tracks.pop(key)[0]
-            self._lane_of.pop(graph, None)
-            last = self._last_job.pop(graph, None)
-            if last is not None:
-                from concurrent.futures import wait
+        """Close every video-mode graph (the end of a video), once its crops on the lanes are posed."""
+        from concurrent.futures import wait
 
-                wait([last])
+        for key in list(self._tracks):
+            self._drain(key)
+        wait([last for _, last in self._draining if last is not None])
+        for graph, _ in self._draining:
             graph.close()
+        self._draining = []
         while self._idle:
             self._idle.pop().close()
         self._starting &= {self._pose}
 
     @property
     def open_graphs(self) -> int:
-        """Video-mode graphs open now: the live tracks' and the idle ones."""
-        return len(self._tracks) + len(self._idle)
+        """Video-mode graphs open now: the live tracks', the draining and the idle ones."""
+        return len(self._tracks) + len(self._idle) + len(self._draining)
 
     def close(self) -> None:
         self.release_tracks()
@@ -566,6 +579,19 @@ class PoseResult:
     error: str | None = None
 
 
+def boxes_by_frame(people: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{frame: (boxes [N, 4] float32, track ids [N])}`` of a tracks table, rows in table order within a frame:
+    arrays made once, since selecting from the table frame by frame cost as much as decoding the frames."""
+    if people.empty:
+        return {}
+    people = people.sort_values("frame", kind="stable")
+    frames = people["frame"].to_numpy()
+    starts = np.flatnonzero(np.diff(frames, prepend=frames[0] - 1))
+    boxes = np.split(people[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), starts[1:])
+    track_ids = np.split(people["track_id"].to_numpy(), starts[1:])
+    return dict(zip(frames[starts].tolist(), zip(boxes, track_ids, strict=True), strict=True))
+
+
 def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton | str,
                backend: PoseBackend | None = None, force: bool = False,
                progress: bool = True) -> PoseResult:  # fmt: skip
@@ -588,35 +614,35 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
         ball = skeleton.joints.index("ball") if "ball" in skeleton.extra_joints else None
         people = tracks[tracks["track_id"] >= 0]
         balls = tracks[tracks["class"] == "sports ball"]
-        by_frame = {f: g for f, g in people.groupby("frame")}
+        by_frame = boxes_by_frame(people)
         balls_by_frame = {f: g[["x1", "y1", "x2", "y2", "score"]].to_numpy() for f, g in balls.groupby("frame")}
         video = catalog.get("video", video_id)
         parts, times = [], []
         frames_needed = sorted(by_frame)
-        waiting = deque()  # (frame, time, boxes, group) of the frames handed to the backend, in order
+        waiting = deque()  # (frame, time, boxes, track ids) of the frames handed to the backend, in order
 
         def frames_to_pose(local: str) -> Iterator[PoseFrame]:
             stop = (frames_needed[-1] + 1) if frames_needed else 0
             for frame, time_s, image in tqdm(iter_timed_frames(local, 0, stop), total=stop, desc=f"pose {video_id}",
                                              disable=not progress, unit="frame"):  # fmt: skip
                 times.append(time_s)
-                group = by_frame.get(frame)
-                if group is None:
+                found = by_frame.get(frame)
+                if found is None:
                     continue
-                boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
-                waiting.append((frame, time_s, boxes, group))
-                yield PoseFrame(frame, image, boxes, group["track_id"].to_numpy())
+                boxes, track_ids = found
+                waiting.append((frame, time_s, boxes, track_ids))
+                yield PoseFrame(frame, image, boxes, track_ids)
 
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             for body_keypoints in estimate_frames(backend, frames_to_pose(local)):
-                frame, time_s, boxes, group = waiting.popleft()
+                frame, time_s, boxes, track_ids = waiting.popleft()
                 keypoints = np.full((len(boxes), skeleton.num_joints, 3), np.nan, np.float32)
                 keypoints[..., 2] = 0.0
                 keypoints[:, body] = body_keypoints
                 if ball is not None:
                     ball_rows = balls_by_frame.get(frame, np.zeros((0, 5)))
                     keypoints[:, ball] = np.stack([nearest_ball(b, ball_rows) for b in boxes])
-                parts.append((np.full(len(boxes), frame), group["track_id"].to_numpy(), boxes, keypoints,
+                parts.append((np.full(len(boxes), frame), track_ids, boxes, keypoints,
                               np.full(len(boxes), time_s)))  # fmt: skip
         # one table at the end: a table per frame cost as much as decoding the frames
         columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else [

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.assets import PERSON_DETECTOR_CLASSES
@@ -136,6 +137,21 @@ def test_crop_and_ball_helpers():
     ball = nearest_ball(np.array([0, 0, 10, 10]), np.array([[100, 100, 110, 110, 0.9], [8, 8, 12, 12, 0.7]]))
     np.testing.assert_allclose(ball, [10, 10, 0.7])
     assert nearest_ball(np.array([0, 0, 1, 1]), np.zeros((0, 5)))[2] == 0.0
+
+
+def test_boxes_by_frame_keeps_each_frames_rows_in_table_order():
+    from pipeline.pose import boxes_by_frame
+
+    table = pd.DataFrame({"frame": [3, 1, 3, 1, 7], "track_id": [5, 2, 6, 9, 1], "x1": [0.0, 1, 2, 3, 4],
+                          "y1": 0.0, "x2": 10.0, "y2": 20.0})  # fmt: skip
+    found = boxes_by_frame(table)
+    assert list(found) == [1, 3, 7]
+    for frame, group in table.groupby("frame"):
+        boxes, track_ids = found[frame]
+        np.testing.assert_array_equal(track_ids, group["track_id"].to_numpy())
+        np.testing.assert_array_equal(boxes, group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32))
+        assert boxes.dtype == np.float32
+    assert boxes_by_frame(table.iloc[:0]) == {}
 
 
 def test_mediapipe_backend_on_a_blank_image_finds_nobody():
