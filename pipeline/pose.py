@@ -123,10 +123,10 @@ class MediaPipeBackend:
     left/right facing mistake forward until its landmarks lose confidence, for the rest of the track where that
     never happens (camera 2 of benchmarks/bench_pose2d.py: 60 of 100 frames), and the swap repair of the clean-up
     takes the labelling most frames have as right; a fresh detection bounds the mistake to ``redetect_every``
-    frames. Given-up graphs are reset and kept for new tracks, at most ``MAX_IDLE_GRAPHS`` of them (each holds about
-    100 MB), so at most the live tracks' graphs and these are open; a reset graph's first inference costs about
-    2.5 static ones (its models start again). BlazePose's own landmark smoothing stays off: it would filter positions
-    in crop fractions, which move with the box; the stage's clean-up smooths in image pixels.
+    frames. Given-up graphs forget their track on a blank crop (cheaper than ``reset()``, which restarts their models,
+    and as exact) and are kept for new tracks, at most ``MAX_IDLE_GRAPHS`` of them (each holds about 100 MB), so at
+    most the live tracks' graphs and these are open. BlazePose's own landmark smoothing stays off: it would filter
+    positions in crop fractions, which move with the box; the stage's clean-up smooths in image pixels.
     """
 
     MAX_IDLE_GRAPHS = 4
@@ -157,7 +157,7 @@ class MediaPipeBackend:
         self._tracks: dict[tuple[int, bool], tuple[object, int, int]] = {}  # (track id, mirrored) → (graph, first
         # and last frame it posed)
         self._idle: list = []  # reset video-mode graphs, ready for a new track
-        self._draining: list = []  # (graph, its last crop's future) of given-up graphs whose crops may be on a lane
+        self._draining: list = []  # (graph, the future of its forgetting the track) of given-up graphs
 
     def _process(self, crop: np.ndarray, graph=None):
         graph = graph or self._pose
@@ -261,20 +261,25 @@ class MediaPipeBackend:
         return self._keypoints([f.result() if isinstance(f, Future) else f for f in found], jobs)
 
     def _on_lane(self, graphs: tuple, crop: np.ndarray) -> Future:
-        """Pose ``crop`` on the lane of its track's graph (a new graph takes the lane with the fewest graphs)."""
-        graph = graphs[0]
-        if graph not in self._lane_of:
-            if not self._lanes:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"blazepose-{k}") for k in range(self.workers)]
-            load = [list(self._lane_of.values()).count(k) for k in range(len(self._lanes))]
-            self._lane_of[graph] = load.index(min(load))
-        future = self._lanes[self._lane_of[graph]].submit(self._pose_crop, crop, graphs)
-        for g in graphs:  # the mirrored crop's graph (flip test) computes in the same job
+        """Pose ``crop`` on the lane of its track's graphs (a new track takes the lane with the fewest graphs)."""
+        if graphs[0] not in self._lane_of:
+            lane = self._quietest_lane()
+            for g in graphs:  # the mirrored crop's graph (flip test) computes in the same jobs, on the same lane
+                if g is not None:
+                    self._lane_of[g] = lane
+        future = self._lanes[self._lane_of[graphs[0]]].submit(self._pose_crop, crop, graphs)
+        for g in graphs:
             if g is not None:
                 self._last_job[g] = future
         return future
+
+    def _quietest_lane(self) -> int:
+        if not self._lanes:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"blazepose-{k}") for k in range(self.workers)]
+        load = [list(self._lane_of.values()).count(k) for k in range(len(self._lanes))]
+        return load.index(min(load))
 
     def _graphs_for(self, item: PoseFrame):
         """Start the frame in tracking mode (give up the graphs of tracks that ended, have a gap or are due a fresh
@@ -316,43 +321,61 @@ class MediaPipeBackend:
         return graph
 
     def _release(self, key: tuple[int, bool]) -> None:
-        """Give up a track's graph. Its crops still on a lane are posed first: until then it drains (nobody waits
-        for it here, so the lanes stay fed), and :meth:`_reap` resets it for a new track afterwards."""
-        self._drain(key)
+        """Give up a track's graph: it forgets the track (:meth:`_forget`) on its lane, after its crops there, with
+        nobody waiting for it here, so the lanes stay fed; :meth:`_reap` makes it idle for a new track after."""
+        graph = self._tracks.pop(key)[0]
+        lane = self._lane_of.pop(graph, None)
+        self._last_job.pop(graph, None)
+        if lane is None and self.workers >= 2 and self.tracking:
+            lane = self._quietest_lane()  # a graph that only posed its first crop, here: any lane will do
+        if lane is None:
+            forgotten = Future()
+            forgotten.set_result(self._forget(graph))
+        else:
+            forgotten = self._lanes[lane].submit(self._forget, graph)
+        self._draining.append((graph, forgotten))
         self._reap()
 
-    def _drain(self, key: tuple[int, bool]) -> None:
-        graph = self._tracks.pop(key)[0]
-        self._lane_of.pop(graph, None)
-        self._draining.append((graph, self._last_job.pop(graph, None)))
+    BLANK = np.zeros((64, 64, 3), np.uint8)
+
+    @classmethod
+    def _forget(cls, graph) -> bool:
+        """Make a video-mode graph forget its track's landmarks: on a blank crop it loses them, so its next crop
+        starts with a detection exactly as a new graph's does (measured bit-identical; tests/test_track_pose.py),
+        at a third of ``reset()``'s cost, which restarts its models (and their start-up lines). False where the
+        blank crop did not lose them."""
+        return graph.process(cls.BLANK).pose_landmarks is None
 
     def _reap(self) -> None:
-        """Reset the drained graphs (they forget their track's landmarks) and keep at most ``MAX_IDLE_GRAPHS``
-        graphs between tracks, waiting for the oldest draining ones where there are more."""
+        """Make the graphs that forgot their tracks idle, keeping at most ``MAX_IDLE_GRAPHS`` graphs between
+        tracks: where there are more, the oldest given-up ones are closed once their lane is done with them."""
         from concurrent.futures import wait
 
         while self._draining and len(self._draining) + len(self._idle) > self.MAX_IDLE_GRAPHS:
-            graph, last = self._draining.pop(0)
-            wait([last] if last is not None else [])
+            graph, forgotten = self._draining.pop(0)
+            wait([forgotten])
             graph.close()
-        for graph, last in [d for d in self._draining if d[1] is None or d[1].done()]:
-            self._draining.remove((graph, last))
-            graph.reset()
-            self._starting.add(graph)
+        for graph, forgotten in [d for d in self._draining if d[1].done()]:
+            self._draining.remove((graph, forgotten))
+            if not forgotten.result():
+                graph.reset()
+                self._starting.add(graph)
             self._idle.append(graph)
 
     def release_tracks(self) -> None:
         """Close every video-mode graph (the end of a video), once its crops on the lanes are posed."""
         from concurrent.futures import wait
 
-        for key in list(self._tracks):
-            self._drain(key)
-        wait([last for _, last in self._draining if last is not None])
+        jobs = [self._last_job.pop(graph, None) for graph, _, _ in self._tracks.values()]
+        jobs += [forgotten for _, forgotten in self._draining]
+        wait([job for job in jobs if job is not None])
+        for graph, _, _ in self._tracks.values():
+            graph.close()
         for graph, _ in self._draining:
             graph.close()
-        self._draining = []
         while self._idle:
             self._idle.pop().close()
+        self._tracks, self._draining, self._lane_of, self._last_job = {}, [], {}, {}
         self._starting &= {self._pose}
 
     @property

@@ -116,19 +116,24 @@ def reject_outliers(kp: np.ndarray, frames: np.ndarray, threshold: float = 0.3, 
     ok = (kp[..., 2] >= threshold) & np.isfinite(kp[..., :2]).all(-1)
     xy = np.where(ok[..., None], kp[..., :2], np.nan)
     half = window // 2
-    outlier = np.zeros((n, joints), bool)
+    order = np.argsort(frames, kind="stable")  # every frame's neighbours, as one index range of the sorted frames
+    ordered = frames[order]
+    lo = np.searchsorted(ordered, ordered - half, "left")
+    hi = np.searchsorted(ordered, ordered + half, "right")
+    index = lo[:, None] + np.arange(int((hi - lo).max()))
+    valid = (index < hi[:, None]) & (index != np.arange(n)[:, None])  # itself excluded
+    back = np.argsort(order)  # rows in the caller's order again
+    index, valid = order[np.where(valid, index, 0)][back], valid[back]
+    near = np.where(valid[..., None, None], xy[index], np.nan)  # [n, neighbours, J, 2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for t in range(n):
-            near = np.flatnonzero((np.abs(frames - frames[t]) <= half) & (np.arange(n) != t))
-            if len(near) < 2:
-                continue
-            med = np.nanmedian(xy[near], 0)  # [J, 2]
-            mad = 1.4826 * np.nanmedian(np.abs(xy[near] - med), 0)
-            body = size[t] if np.isfinite(size[t]) else np.nanmedian(size)
-            dev = np.linalg.norm(xy[t] - med, axis=-1)
-            limit = np.maximum(n_sigmas * np.linalg.norm(mad, axis=-1), min_deviation * body)
-            outlier[t] = ok[t] & (np.isfinite(med).all(-1)) & (dev > limit)
+        med = np.nanmedian(near, 1)  # [n, J, 2]
+        mad = 1.4826 * np.nanmedian(np.abs(near - med[:, None]), 1)
+        body = np.where(np.isfinite(size), size, np.nanmedian(size))
+    dev = np.linalg.norm(xy - med, axis=-1)
+    limit = np.maximum(n_sigmas * np.linalg.norm(mad, axis=-1), min_deviation * body[:, None])
+    enough = valid.sum(1) >= 2
+    outlier = ok & np.isfinite(med).all(-1) & (dev > limit) & enough[:, None]
     kp[..., 2] = np.where(outlier, 0.0, kp[..., 2])
     return kp, int(outlier.sum())
 

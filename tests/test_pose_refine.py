@@ -1,5 +1,7 @@
 """The pose stage's per-track clean-up: left/right swap repair, outlier rejection, confidence-weighted smoothing."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -87,3 +89,44 @@ def test_flip_test_merge_relabels_a_mirrored_estimate():
     b[:, :2] += 2.0
     merged = merge_flipped(a, b)
     np.testing.assert_allclose(merged[:, :2], a[:, :2] + 1.0, atol=1e-4)
+
+
+def _outliers_frame_by_frame(kp, frames, threshold=0.3, window=7, n_sigmas=4.0, min_deviation=0.05):
+    """The definition of reject_outliers written as a loop over frames: the reference its arrays must equal."""
+    from pipeline.pose_refine import _scale
+
+    size = _scale(kp, threshold)
+    ok = (kp[..., 2] >= threshold) & np.isfinite(kp[..., :2]).all(-1)
+    xy = np.where(ok[..., None], kp[..., :2], np.nan)
+    outlier = np.zeros(ok.shape, bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t in range(len(kp)):
+            near = np.flatnonzero((np.abs(frames - frames[t]) <= window // 2) & (np.arange(len(kp)) != t))
+            if len(near) < 2:
+                continue
+            med = np.nanmedian(xy[near], 0)
+            mad = 1.4826 * np.nanmedian(np.abs(xy[near] - med), 0)
+            body = size[t] if np.isfinite(size[t]) else np.nanmedian(size)
+            limit = np.maximum(n_sigmas * np.linalg.norm(mad, axis=-1), min_deviation * body)
+            outlier[t] = ok[t] & np.isfinite(med).all(-1) & (np.linalg.norm(xy[t] - med, axis=-1) > limit)
+    return outlier
+
+
+def test_outlier_rejection_equals_its_frame_by_frame_definition_with_gaps_repeats_and_any_order():
+    rng = np.random.default_rng(0)
+    found = 0
+    for trial in range(60):
+        n = int(rng.integers(3, 60))
+        frames = np.sort(rng.choice(150, n, replace=False)) if trial % 3 else np.sort(rng.integers(0, 40, n))
+        frames = rng.permutation(frames) if trial % 4 == 0 else frames
+        kp = rng.normal(size=(n, 17, 3)) * 40 + 300
+        kp[..., 2] = rng.random((n, 17))
+        kp[rng.random((n, 17)) < 0.1, :2] = np.nan
+        kp[rng.random((n, 17)) < 0.05, :2] += 1000.0
+        rejected, count = reject_outliers(kp, frames)
+        expected = _outliers_frame_by_frame(kp, frames)
+        assert count == expected.sum()
+        np.testing.assert_array_equal(rejected[..., 2], np.where(expected, 0.0, kp[..., 2]))
+        found += count
+    assert found > 20  # the random tracks do have outliers to find
