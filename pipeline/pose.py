@@ -639,9 +639,11 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
     if not force and catalog.is_done("poses", video_id, key):
         return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
     catalog.mark_running("poses", video_id, key=key)
+    made = None  # a backend made here is closed here (its graphs, threads and memory); a caller's is the caller's
     try:
         tracks, meta = read_tracks(ws, video_id)
-        backend = body_backend(backend or make_backend(cfg, skeleton), skeleton)
+        made = None if backend is not None else make_backend(cfg, skeleton)
+        backend = body_backend(backend or made, skeleton)
         body = skeleton.body_joints
         ball = skeleton.joints.index("ball") if "ball" in skeleton.extra_joints else None
         people = tracks[tracks["track_id"] >= 0]
@@ -689,6 +691,9 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
     except Exception as exc:
         catalog.mark_failed("poses", video_id, exc, key=key)
         return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if made is not None and hasattr(made, "close"):
+            made.close()
     catalog.mark_done("poses", video_id, key=key, outputs=[path], params=cfg.model_dump(),
                       meta={"rows": len(table), "backend": cfg.backend, "vfr": vfr, **refined})  # fmt: skip
     return PoseResult(video_id, "done", len(table))

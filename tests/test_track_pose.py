@@ -42,10 +42,21 @@ def test_two_persistent_tracks_on_real_footage(tracked_demo):
     assert track_video(ws, video_id, cfg, progress=False).status == "skipped"  # finished work is not redone
 
 
-def test_mediapipe_keypoints_lie_inside_their_boxes(tracked_demo):
+def test_mediapipe_keypoints_lie_inside_their_boxes(tracked_demo, monkeypatch):
+    import pipeline.pose
+
     ws, video_id, _ = tracked_demo
+    made = []  # the backend pose_video makes is closed by it (graphs, lane threads); one given to it is not
+    make_backend = pipeline.pose.make_backend
+    monkeypatch.setattr(pipeline.pose, "make_backend", lambda *args: made.append(make_backend(*args)) or made[0])
     result = pose_video(ws, video_id, PoseConfig(backend="mediapipe"), "coco17", progress=False)
     assert result.status == "done", result.error
+    assert made[0]._pose._graph is None and made[0]._lanes == [] and made[0].open_graphs == 0
+    given = MediaPipeBackend()
+    assert pose_video(ws, video_id, PoseConfig(backend="mediapipe"), "coco17", backend=given, force=True,
+                      progress=False).status == "done"  # fmt: skip
+    assert given._pose._graph is not None
+    given.close()
     poses, meta = read_poses(ws, video_id)
     assert meta["skeleton"] == "coco17" and meta["backend"] == "mediapipe"
     main_tracks = poses["track_id"].value_counts().index[:2]
