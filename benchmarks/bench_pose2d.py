@@ -208,7 +208,8 @@ def pose2sim_views(ws: Workspace) -> tuple[np.ndarray, list[str], list[int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
+    ladder = [row for row in ROWS if row not in ("lite", "heavy")]  # other models: pose2d_blazepose_models.md
+    parser.add_argument("--rows", default=",".join(ladder), help=f"comma-separated rows: {', '.join(ROWS)}")
     parser.add_argument("--threshold", type=float, default=0.3, help="views below this confidence take no part")
     parser.add_argument("--workspace", default=None, help="workspace (default: cached under MAS_CACHE)")
     parser.add_argument("--name", default="pose2d_multiview")

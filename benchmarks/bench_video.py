@@ -7,7 +7,8 @@ Quality, by the footage issue's measures, for the same settings: tracking identi
 keyframes of ``benchmarks/data/tracking_truth.json`` (9 real videos, ``benchmarks/tracking_eval.py``) and the 2D pose
 reprojection error against Pose2Sim's 4 calibrated views (``benchmarks/bench_pose2d.py``'s measure).
 
-python -m benchmarks.bench_video [--seconds 4] [--repeats 3] [--settings today,openvino,tracking,defaults,stride3]
+python -m benchmarks.bench_video [--seconds 4] [--repeats 3] [--settings today,openvino,tracking,defaults,threads]
+(default: every setting but the detector input sizes imgsz512, imgsz480, imgsz416, measured in video_lanes.md)
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
+    ladder = [name for name in SETTINGS if not name.startswith("imgsz")]  # the input sizes were measured once
+    parser.add_argument("--settings", default=",".join(ladder), help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--no-quality", action="store_true", help="speed only")
     parser.add_argument("--name", default="video", help="result file (benchmarks/results/NAME.md)")
     args = parser.parse_args()
