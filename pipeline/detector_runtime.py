@@ -66,10 +66,15 @@ def _export_dir(weights: Path, runtime: str, imgsz: int) -> Path:
     return cache_dir() / "exports" / export_key(weights, runtime, imgsz)
 
 
+def _finished(target: Path) -> Path | None:
+    """The exported model recorded in the export folder ``target``, or None until the export is complete."""
+    done = target / "export.done"
+    return Path(done.read_text().strip()) if done.exists() else None
+
+
 def cached_export(weights: str | Path, runtime: str, imgsz: int) -> Path | None:
     """Path of the finished ``runtime`` export of a local ``.pt`` file, or None where it was never made."""
-    done = _export_dir(Path(weights), runtime, imgsz) / "export.done"
-    return Path(done.read_text().strip()) if done.exists() else None
+    return _finished(_export_dir(Path(weights), runtime, imgsz))
 
 
 def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
@@ -77,9 +82,8 @@ def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
     weights = Path(weights)
     fmt = EXPORT_FORMATS[runtime][0]
     target = _export_dir(weights, runtime, imgsz)
-    done = target / "export.done"
-    if done.exists():
-        return Path(done.read_text().strip())
+    if (finished := _finished(target)) is not None:
+        return finished
     work = None
     try:
         from ultralytics import YOLO
@@ -96,7 +100,7 @@ def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
         try:
             work.rename(target)
         except OSError:  # another process finished the same export first: keep its copy
-            if not done.exists():
+            if _finished(target) is None:
                 raise
     except Exception as exc:
         raise RuntimeUnavailable(f"exporting {weights} to {runtime} failed ({type(exc).__name__}: {exc}); set "
@@ -104,7 +108,7 @@ def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-    return Path(done.read_text().strip())
+    return _finished(target)
 
 
 def detector_names(model) -> dict[int, str]:

@@ -23,7 +23,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -260,8 +260,6 @@ class MediaPipeBackend:
             while pending:
                 yield self._collect(*pending.popleft())
         finally:
-            from concurrent.futures import wait
-
             wait([f for _, found in pending for f in found if isinstance(f, Future)])
 
     def _collect(self, jobs: list[tuple], found: list) -> np.ndarray:
@@ -282,8 +280,6 @@ class MediaPipeBackend:
 
     def _quietest_lane(self) -> int:
         if not self._lanes:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"blazepose-{k}") for k in range(self.workers)]
         load = [list(self._lane_of.values()).count(k) for k in range(len(self._lanes))]
         return load.index(min(load))
@@ -333,7 +329,7 @@ class MediaPipeBackend:
         graph = self._tracks.pop(key)[0]
         lane = self._lane_of.pop(graph, None)
         self._last_job.pop(graph, None)
-        if lane is None and self.workers >= 2 and self.tracking:
+        if lane is None and self.workers >= 2:
             lane = self._quietest_lane()  # a graph that only posed its first crop, here: any lane will do
         if lane is None:
             forgotten = Future()
@@ -356,8 +352,6 @@ class MediaPipeBackend:
     def _reap(self) -> None:
         """Make the graphs that forgot their tracks idle, keeping at most ``MAX_IDLE_GRAPHS`` graphs between
         tracks: where there are more, the oldest given-up ones are closed once their lane is done with them."""
-        from concurrent.futures import wait
-
         while self._draining and len(self._draining) + len(self._idle) > self.MAX_IDLE_GRAPHS:
             graph, forgotten = self._draining.pop(0)
             wait([forgotten])
@@ -371,8 +365,6 @@ class MediaPipeBackend:
 
     def release_tracks(self) -> None:
         """Close every video-mode graph (the end of a video), once its crops on the lanes are posed."""
-        from concurrent.futures import wait
-
         jobs = [self._last_job.pop(graph, None) for graph, _, _ in self._tracks.values()]
         jobs += [forgotten for _, forgotten in self._draining]
         wait([job for job in jobs if job is not None])
