@@ -125,9 +125,11 @@ class MediaPipeBackend:
     never happens (camera 2 of benchmarks/bench_pose2d.py: 60 of 100 frames), and the swap repair of the clean-up
     takes the labelling most frames have as right; a fresh detection bounds the mistake to ``redetect_every``
     frames. Given-up graphs forget their track on a blank crop (cheaper than ``reset()``, which restarts their models,
-    and as exact) and are kept for new tracks, at most ``MAX_IDLE_GRAPHS`` of them (each holds about 100 MB), so at
-    most the live tracks' graphs and these are open. BlazePose's own landmark smoothing stays off: it would filter
-    positions in crop fractions, which move with the box; the stage's clean-up smooths in image pixels.
+    and as exact) and are kept as spares for new tracks and segments, at most ``MAX_IDLE_GRAPHS`` of them (each holds
+    about 100 MB), so at most the live tracks' graphs and these are open. With ``workers`` lanes, the stretch of a
+    track between two detections goes to the least busy lane: one person is posed on both cores.
+    BlazePose's own landmark smoothing stays off: it would filter positions in crop fractions, which move with the
+    box; the stage's clean-up smooths in image pixels.
     """
 
     MAX_IDLE_GRAPHS = 4
@@ -154,8 +156,9 @@ class MediaPipeBackend:
         self.redetect_every = redetect_every
         self.workers = workers or usable_cores()  # tracks posed side by side in tracking mode
         self._lanes: list = []  # one single-thread executor per worker (tracking mode)
-        self._lane_of: dict = {}  # live graph → its lane
-        self._last_job: dict = {}  # live graph → the future of its last crop on its lane
+        self._backlog: list[deque] = []  # each lane's jobs not known to be done, in order
+        self._lane_of: dict = {}  # video-mode graph → its lane (None with one worker), for its life
+        self._last_job: dict = {}  # graph → the future of its last job on its lane
         self.min_confidence = min_confidence
         with native_stderr_silenced():
             self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=self.complexity,
@@ -163,8 +166,7 @@ class MediaPipeBackend:
         self._starting = {self._pose}  # graphs whose first inference (it prints more start-up lines) is due
         self._tracks: dict[tuple[int, bool], tuple[object, int, int]] = {}  # (track id, mirrored) → (graph, first
         # and last frame it posed)
-        self._idle: list = []  # reset video-mode graphs, ready for a new track
-        self._draining: list = []  # (graph, the future of its forgetting the track) of given-up graphs
+        self._spare: dict = {}  # lane → graphs that forgot their track there (or will, before their next job)
 
     def _process(self, crop: np.ndarray, graph=None):
         graph = graph or self._pose
@@ -234,28 +236,38 @@ class MediaPipeBackend:
         finally:
             self.release_tracks()
 
-    PIPELINE_DEPTH = 16  # frames whose crops may wait on the lanes while later frames are decoded and cropped
+    PIPELINE_CROPS = 32  # crops that may wait on the lanes while later frames are decoded and cropped: 32 frames of
+    # one track (a segment on one lane while the next starts on the other), 16 of two (more graphs would start)
+    STARTUP_CROPS = 16  # a lane without a spare graph counts as this many crops more queued: a new graph's first
+    # inference takes 0.1-0.25 s of this thread (measured on the demo: 8 started 4 graphs where 16 starts 2, same speed
+    # for one track)
 
     def _estimate_on_lanes(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
-        """Tracking mode with ``workers`` lanes, one thread each. A track's graph is bound to one lane while it
-        lives, so its crops go through it in frame order and never from two threads (mediapipe releases the GIL
-        while a graph computes). Frames are not waited for one by one: this thread decodes and crops up to
-        :data:`PIPELINE_DEPTH` frames ahead while the lanes pose, and each lane takes its tracks' crops as fast as
-        it can, so a slow crop of one track does not hold up the others. The shared static graph and a graph's
-        first inference (its start-up lines are silenced through the process-wide stderr) run here. Results come
-        out in frame order, bit-identical to one thread (tests/test_track_pose.py)."""
+        """Tracking mode with ``workers`` lanes, one thread each. A graph is bound to one lane for its life, so a
+        track's crops go through its graph in frame order and never from two threads (mediapipe releases the GIL
+        while a graph computes). A track's graph is given up at every fresh detection, so each stretch between two
+        (a segment) is independent of the others and starts on the lane with the least work queued: the lanes share
+        the work of tracks of unequal length, and of one long track. Frames are not waited for one by one: this
+        thread decodes and crops up to :data:`PIPELINE_CROPS` crops ahead while the lanes pose, and each lane takes
+        its crops as fast as it can. The shared static graph and a new graph's first inference (its start-up lines
+        are silenced through the process-wide stderr) run here. Results come out in frame order, bit-identical to
+        one thread (tests/test_track_pose.py)."""
         pending: deque = deque()  # (jobs, [future or landmarks per job]) per frame, in order
+        crops = 0  # in pending
         try:
             for item in frames:
                 jobs = self._jobs(item.image, item.boxes, self._graphs_for(item))
                 found = []
                 for crop, _, _, graphs in jobs:
                     if graphs[0] is None or set(graphs) & self._starting:
+                        wait([self._last_job[g] for g in graphs if g in self._last_job])  # a reused graph's lane
                         found.append(self._pose_crop(crop, graphs))
                     else:
                         found.append(self._on_lane(graphs, crop))
                 pending.append((jobs, found))
-                while pending and (len(pending) > self.PIPELINE_DEPTH or _all_done(pending[0][1])):
+                crops += len(jobs)
+                while pending and (crops > self.PIPELINE_CROPS or _all_done(pending[0][1])):
+                    crops -= len(pending[0][0])
                     yield self._collect(*pending.popleft())
             while pending:
                 yield self._collect(*pending.popleft())
@@ -265,24 +277,37 @@ class MediaPipeBackend:
     def _collect(self, jobs: list[tuple], found: list) -> np.ndarray:
         return self._keypoints([f.result() if isinstance(f, Future) else f for f in found], jobs)
 
-    def _on_lane(self, graphs: tuple, crop: np.ndarray) -> Future:
-        """Pose ``crop`` on the lane of its track's graphs (a new track takes the lane with the fewest graphs)."""
-        if graphs[0] not in self._lane_of:
-            lane = self._quietest_lane()
-            for g in graphs:  # the mirrored crop's graph (flip test) computes in the same jobs, on the same lane
-                if g is not None:
-                    self._lane_of[g] = lane
-        future = self._lanes[self._lane_of[graphs[0]]].submit(self._pose_crop, crop, graphs)
+    def _submit(self, lane: int, graphs: tuple, work, *args) -> Future:
+        """Queue ``work(*args)`` on ``lane``, as the last job there of the ``graphs`` it uses."""
+        future = self._lanes[lane].submit(work, *args)
+        self._backlog[lane].append(future)
         for g in graphs:
             if g is not None:
                 self._last_job[g] = future
         return future
 
-    def _quietest_lane(self) -> int:
+    def _on_lane(self, graphs: tuple, crop: np.ndarray) -> Future:
+        """Pose ``crop`` on the lane of its track's graphs (the mirrored crop's graph, with the flip test, is on the
+        same lane: both compute in one job)."""
+        return self._submit(self._lane_of[graphs[0]], graphs, self._pose_crop, crop, graphs)
+
+    def _queued(self, lane: int) -> int:
+        """Jobs queued or running on ``lane`` (a lane finishes its jobs in the order they came)."""
+        backlog = self._backlog[lane]
+        while backlog and backlog[0].done():
+            backlog.popleft()
+        return len(backlog)
+
+    def _segment_lane(self) -> int | None:
+        """The lane for a new segment: the one with the least work queued, counting a new graph's start where the
+        lane has no spare graph. None with one worker (everything on this thread)."""
+        if self.workers < 2:
+            return None
         if not self._lanes:
             self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"blazepose-{k}") for k in range(self.workers)]
-        load = [list(self._lane_of.values()).count(k) for k in range(len(self._lanes))]
-        return load.index(min(load))
+            self._backlog = [deque() for _ in self._lanes]
+        cost = [self._queued(k) + (0 if self._spare.get(k) else self.STARTUP_CROPS) for k in range(self.workers)]
+        return cost.index(min(cost))
 
     def _graphs_for(self, item: PoseFrame):
         """Start the frame in tracking mode (give up the graphs of tracks that ended, have a gap or are due a fresh
@@ -299,45 +324,62 @@ class MediaPipeBackend:
             if track in used:  # the same track twice in a frame (not from our tracker): the static graph
                 return (None, None)
             used.add(track)
-            mirrored = self._graph(track, True, item.frame) if self.flip_test else None
-            return self._graph(track, False, item.frame), mirrored
+            key = (track, False)
+            lane = self._lane_of[self._tracks[key][0]] if key in self._tracks else self._segment_lane()
+            mirrored = self._graph((track, True), item.frame, lane) if self.flip_test else None
+            return self._graph(key, item.frame, lane), mirrored
 
         return graphs_of
 
-    def _graph(self, track: int, mirrored: bool, frame: int):
-        """The video-mode graph of ``track`` (of its mirrored crops when ``mirrored``), marked as used in ``frame``."""
-        key = (track, mirrored)
+    def _graph(self, key: tuple[int, bool], frame: int, lane: int | None):
+        """The video-mode graph of ``key`` (track id, mirrored crops), marked as used in ``frame``; a track without
+        one takes a spare graph of ``lane`` (it forgot its last track there, or will before this track's crops), or a
+        new graph, bound to ``lane``."""
         if key in self._tracks:
             graph, first, _ = self._tracks[key]
             self._tracks[key] = (graph, first, frame)
             return graph
-        self._reap()
-        if self._idle:
-            graph = self._idle.pop()
+        spare = self._spare.setdefault(lane, [])
+        if spare:
+            graph = spare.pop()
         else:
             with native_stderr_silenced():
                 graph = self._mp.solutions.pose.Pose(static_image_mode=False, model_complexity=self.complexity,
                                                      smooth_landmarks=False,
                                                      min_detection_confidence=self.min_confidence)  # fmt: skip
             self._starting.add(graph)
+            self._lane_of[graph] = lane
         self._tracks[key] = (graph, frame, frame)
         return graph
 
     def _release(self, key: tuple[int, bool]) -> None:
-        """Give up a track's graph: it forgets the track (:meth:`_forget`) on its lane, after its crops there, with
-        nobody waiting for it here, so the lanes stay fed; :meth:`_reap` makes it idle for a new track after."""
+        """Give up a track's graph: it forgets the track (:meth:`_forget_or_restart`), on its lane after its crops
+        there with nobody waiting for it here, and is a spare graph of its lane. Spare graphs beyond
+        ``MAX_IDLE_GRAPHS`` are closed, the oldest first, on their lane (after its jobs there)."""
         graph = self._tracks.pop(key)[0]
-        lane = self._lane_of.pop(graph, None)
-        self._last_job.pop(graph, None)
-        if lane is None and self.workers >= 2:
-            lane = self._quietest_lane()  # a graph that only posed its first crop, here: any lane will do
+        lane = self._lane_of[graph]
         if lane is None:
-            forgotten = Future()
-            forgotten.set_result(self._forget(graph))
+            self._forget_or_restart(graph)
         else:
-            forgotten = self._lanes[lane].submit(self._forget, graph)
-        self._draining.append((graph, forgotten))
-        self._reap()
+            self._submit(lane, (graph,), self._forget_or_restart, graph)
+        self._spare.setdefault(lane, []).append(graph)
+        while sum(map(len, self._spare.values())) > self.MAX_IDLE_GRAPHS:
+            lane, graphs = max(self._spare.items(), key=lambda item: len(item[1]))
+            oldest = graphs.pop(0)
+            del self._lane_of[oldest]
+            self._last_job.pop(oldest, None)
+            if lane is None:
+                oldest.close()
+            else:
+                self._submit(lane, (), oldest.close)
+
+    def _forget_or_restart(self, graph) -> None:
+        """:meth:`_forget`, or where the blank crop did not make the graph forget, a restart that leaves it as a new
+        graph that posed the blank crop (its start-up lines are not silenced: that redirects the process's stderr,
+        which is not safe from two threads)."""
+        if not self._forget(graph):
+            graph.reset()
+            self._forget(graph)
 
     BLANK = np.zeros((64, 64, 3), np.uint8)
 
@@ -349,45 +391,29 @@ class MediaPipeBackend:
         blank crop did not lose them."""
         return graph.process(cls.BLANK).pose_landmarks is None
 
-    def _reap(self) -> None:
-        """Make the graphs that forgot their tracks idle, keeping at most ``MAX_IDLE_GRAPHS`` graphs between
-        tracks: where there are more, the oldest given-up ones are closed once their lane is done with them."""
-        while self._draining and len(self._draining) + len(self._idle) > self.MAX_IDLE_GRAPHS:
-            graph, forgotten = self._draining.pop(0)
-            wait([forgotten])
-            graph.close()
-        for graph, forgotten in [d for d in self._draining if d[1].done()]:
-            self._draining.remove((graph, forgotten))
-            if not forgotten.result():
-                graph.reset()
-                self._starting.add(graph)
-            self._idle.append(graph)
-
     def release_tracks(self) -> None:
-        """Close every video-mode graph (the end of a video), once its crops on the lanes are posed."""
-        jobs = [self._last_job.pop(graph, None) for graph, _, _ in self._tracks.values()]
-        jobs += [forgotten for _, forgotten in self._draining]
-        wait([job for job in jobs if job is not None])
+        """Close every video-mode graph (the end of a video), once the lanes are done with their jobs."""
+        wait([job for backlog in self._backlog for job in backlog])
         for graph, _, _ in self._tracks.values():
             graph.close()
-        for graph, _ in self._draining:
-            graph.close()
-        while self._idle:
-            self._idle.pop().close()
-        self._tracks, self._draining, self._lane_of, self._last_job = {}, [], {}, {}
+        for graphs in self._spare.values():
+            for graph in graphs:
+                graph.close()
+        self._tracks, self._spare, self._lane_of, self._last_job = {}, {}, {}, {}
+        self._backlog = [deque() for _ in self._lanes]
         self._starting &= {self._pose}
 
     @property
     def open_graphs(self) -> int:
-        """Video-mode graphs open now: the live tracks', the draining and the idle ones."""
-        return len(self._tracks) + len(self._idle) + len(self._draining)
+        """Video-mode graphs open now: the live tracks' and the spare ones (not those closing on their lanes)."""
+        return len(self._tracks) + sum(map(len, self._spare.values()))
 
     def close(self) -> None:
         self.release_tracks()
         self._pose.close()
         for lane in self._lanes:
             lane.shutdown()
-        self._lanes = []
+        self._lanes, self._backlog = [], []
 
 
 def _all_done(found: list) -> bool:

@@ -455,6 +455,37 @@ def test_mediapipe_tracking_graphs_end_with_their_tracks_and_a_gap_starts_afresh
     assert backend.open_graphs == 0
 
 
+def test_mediapipe_lanes_share_one_track_between_detections(tracked_demo):
+    """One person's stretches between fresh detections are independent, so they go to the least busy lane: both
+    lanes pose the one track, bit-identical to one thread, and given-up graphs are reused there (spares) rather
+    than a new graph started for every stretch."""
+    import threading
+
+    from pipeline.pose import PoseFrame
+
+    class Recording(MediaPipeBackend):
+        def _pose_crop(self, crop, graphs=(None, None)):
+            self.seen.append((threading.current_thread().name, id(graphs[0])))
+            return super()._pose_crop(crop, graphs)
+
+    ws, video_id, _ = tracked_demo
+    frames = _demo_frames(ws, video_id, 60)
+    track = int(frames[0].track_ids[0])
+    one = [PoseFrame(f.frame, f.image, f.boxes[f.track_ids == track], f.track_ids[f.track_ids == track])
+           for f in frames]  # fmt: skip
+    assert all(len(f.boxes) == 1 for f in one), "the first person is in the demo's first 60 frames"
+    serial = list(MediaPipeBackend(tracking=True, workers=1, redetect_every=10).estimate_frames(one))
+    lanes = Recording(tracking=True, workers=2, redetect_every=10)
+    lanes.seen = []
+    for a, b in zip(serial, lanes.estimate_frames(one), strict=True):
+        np.testing.assert_array_equal(a, b)
+    threads = {name for name, _ in lanes.seen if name.startswith("blazepose-")}
+    assert len(threads) == 2, threads  # 6 stretches of 10 frames: both lanes took some
+    assert len({graph for _, graph in lanes.seen}) < 6  # fewer graphs than stretches: spares were reused
+    assert lanes.open_graphs == 0
+    lanes.close()
+
+
 def _tiny_vitpose(batch):
     from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
 
