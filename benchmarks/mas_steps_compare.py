@@ -53,7 +53,8 @@ def main() -> None:
             f"Run `{args.run}`; {total} MAS samples per set (5 views, bf16 where native, seed 0), sampling time: "
             + ", ".join(f"`{k}` {v}" for k, v in seconds.items()) + ".", "",
             markdown_report(evaluation.table, evaluation.warnings)]  # fmt: skip
-    write_result(f"mas_steps_compare_n{args.n}x{args.repeats}", "MAS respaced steps against the model's own, "
+    steps = "" if args.steps == "100,50" else "_steps" + args.steps.replace(",", "-")  # the first file's name kept
+    write_result(f"mas_steps_compare{steps}_n{args.n}x{args.repeats}", "MAS respaced steps against the model's own, "
                  "scored side by side", "\n".join(body))  # fmt: skip
 
 
