@@ -12,6 +12,7 @@ import sys
 QUICK = [
     ["benchmarks.bench_process", "--clips", "10000"],
     ["benchmarks.bench_video"],
+    ["benchmarks.bench_pose_lanes"],
     ["benchmarks.bench_train", "--steps", "10"],
     ["benchmarks.bench_sampling", "--batch", "8"],  # auto: int8 on CPU; use --batch 64 --device cuda on a GPU
     ["benchmarks.bench_sampling", "--batch", "8", "--precision", "fp32", "--skip-sds"],
