@@ -12,6 +12,14 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# Prefect configures logging (logging.config.dictConfig) when prefect.main is first imported, e.g. by
+# `from prefect import flow`, and dictConfig closes every handler made before it. absl (imported with mediapipe by
+# the pose tests) makes a handler at import that holds the sys.stderr of that moment, pytest's capture stream, and
+# its close() closes that stream unless it is the current sys.stderr. A CLI test imports Prefect inside typer's
+# CliRunner, which swaps sys.stderr: after any pose test, pytest's own stream was closed and the run died ("lost
+# sys.stderr"). Importing Prefect here, before any absl handler exists, takes that order out of the suite.
+import prefect.main  # noqa: E402, F401
+
 
 def pytest_collection_modifyitems(config, items):
     import torch
