@@ -239,8 +239,8 @@ class MediaPipeBackend:
     PIPELINE_CROPS = 32  # crops that may wait on the lanes while later frames are decoded and cropped: 32 frames of
     # one track (a segment on one lane while the next starts on the other), 16 of two (more graphs would start)
     STARTUP_CROPS = 16  # a lane without a spare graph counts as this many crops more queued: a new graph's first
-    # inference takes 0.1-0.25 s of this thread (measured on the demo: 8 started 4 graphs where 16 starts 2, same speed
-    # for one track)
+    # inference takes 0.1-0.25 s of this thread (on the demo's two people, 8 started 4 graphs in half the rounds where
+    # 16 starts 2; one person alone is as fast with either)
 
     def _estimate_on_lanes(self, frames: Iterable[PoseFrame]) -> Iterator[np.ndarray]:
         """Tracking mode with ``workers`` lanes, one thread each. A graph is bound to one lane for its life, so a
