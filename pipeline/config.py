@@ -145,8 +145,9 @@ class PoseConfig(_Strict):
     mediapipe_model: Literal["lite", "full", "heavy"] = Field(
         default="full", description="mediapipe: BlazePose's landmark model (lite and heavy come from the npm package)"
     )
-    workers: int | None = Field(default=None, ge=1, description="mediapipe tracking: tracks posed side by side "
-                                "(None: one per usable CPU core); the poses do not depend on it")  # fmt: skip
+    workers: int | None = Field(default=None, ge=1, description="mediapipe tracking: lanes that pose tracks, and "
+                                "the stretches of one track between detections, side by side (None: one per usable "
+                                "CPU core); the poses do not depend on it")  # fmt: skip
     # per-track clean-up (pipeline/pose_refine.py), measured in benchmarks/results/pose2d_multiview.md
     repair_swaps: bool = Field(default=True, description="undo left/right label flips along each track")
     reject_outliers: bool = Field(default=True, description="joints far off their track's neighbours: confidence 0")
