@@ -154,7 +154,7 @@ class MediaPipeBackend:
         self.flip_test = flip_test
         self.tracking = tracking
         self.redetect_every = redetect_every
-        self.workers = workers or usable_cores()  # tracks posed side by side in tracking mode
+        self.workers = workers or usable_cores()  # lanes in tracking mode
         self._lanes: list = []  # one single-thread executor per worker (tracking mode)
         self._backlog: list[deque] = []  # each lane's jobs not known to be done, in order
         self._lane_of: dict = {}  # video-mode graph → its lane (None with one worker), for its life
@@ -364,14 +364,14 @@ class MediaPipeBackend:
             self._submit(lane, (graph,), self._forget_or_restart, graph)
         self._spare.setdefault(lane, []).append(graph)
         while sum(map(len, self._spare.values())) > self.MAX_IDLE_GRAPHS:
-            lane, graphs = max(self._spare.items(), key=lambda item: len(item[1]))
+            fullest, graphs = max(self._spare.items(), key=lambda item: len(item[1]))  # the lane with most spares
             oldest = graphs.pop(0)
             del self._lane_of[oldest]
             self._last_job.pop(oldest, None)
-            if lane is None:
+            if fullest is None:
                 oldest.close()
             else:
-                self._submit(lane, (), oldest.close)
+                self._submit(fullest, (), oldest.close)
 
     def _forget_or_restart(self, graph) -> None:
         """:meth:`_forget`, or where the blank crop did not make the graph forget, a restart that leaves it as a new
