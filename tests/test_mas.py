@@ -96,6 +96,20 @@ def test_triangulation_weights_ignore_a_bad_view(known_motions):
         triangulate(points[:, :1], rot[:1], 7.0)
 
 
+def test_weighted_triangulation_matches_least_squares_over_any_leading_dims():
+    """The normal equations, their closed-form solve and the planes layout against a plain per-point weighted least
+    squares (float64 lstsq on the stacked rows), with two leading dimensions and random per-joint weights."""
+    gen = torch.Generator().manual_seed(3)
+    rot = torch.tensor(view_rotations(4, 0.2))
+    points = torch.randn(2, 3, 4, 5, 6, 2, generator=gen, dtype=torch.float64)  # [2, 3, V, L, J, 2]
+    weights = torch.rand(points.shape[:-1], generator=gen, dtype=torch.float64) + 0.1
+    root = weights.sqrt().movedim(2, -1)  # [2, 3, L, J, V]
+    a = (root[..., None, None] * rot[:, :2]).flatten(-3, -2)  # rows of every view's image x and y: [..., 2V, 3]
+    b = (root[..., None] * points.movedim(2, -2)).flatten(-2, -1).unsqueeze(-1)  # [..., 2V, 1]
+    expected = torch.linalg.lstsq(a, b).solution.squeeze(-1)
+    torch.testing.assert_close(triangulate(points, rot, None, "orthographic", weights), expected, atol=1e-7, rtol=0)
+
+
 @pytest.mark.parametrize("projection", ["perspective", "orthographic"])
 def test_mas_with_an_oracle_denoiser_returns_the_oracle_motion(known_motions, projection):
     views = 4
@@ -257,14 +271,14 @@ def test_triangulation_survives_singular_systems_and_points_at_a_camera():
     """A joint at (or behind) one camera gave Gauss-Newton weights of 1e12 and a float32 LU failure that stopped a
     whole MAS batch (camera 3 m on motions with a trajectory): now that view gets no weight in the refinement, and a
     system singular in floating point solves to 0 instead of raising."""
-    from models.triangulation import _solve, triangulate_perspective
+    from models.triangulation import _solve_planes, triangulate_perspective
     from pipeline.cameras import to_camera, view_rotations
 
-    singular = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    a = torch.stack([singular, 2 * torch.eye(3)])
-    b = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]])
-    out = _solve(a, b)
-    assert torch.isfinite(out).all() and torch.allclose(out[1], torch.tensor([1.0, 2.0, 3.0]))
+    # two systems as columns: A's entries 00 01 02 11 12 22, then b; the first A = [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+    singular, regular = [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 2.0, 3.0], [2.0, 0.0, 0.0, 2.0, 0.0, 2.0, 2.0, 4.0, 6.0]
+    out = _solve_planes(torch.tensor([singular, regular]).T)
+    assert torch.isfinite(out).all() and torch.equal(out[:, 0], torch.zeros(3))
+    assert torch.allclose(out[:, 1], torch.tensor([1.0, 2.0, 3.0]))
     rot = torch.as_tensor(view_rotations(5, 0.17), dtype=torch.float32)
     motion = torch.randn(1, 4, 17, 3, generator=torch.Generator().manual_seed(0)) * 0.3
     for reach in (0.98, 1.0, 1.02):  # just in front of, at, and just behind camera 0's centre
