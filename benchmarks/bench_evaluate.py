@@ -19,21 +19,15 @@ Run (the procedural benchmark's workspace, model and evaluator; see mas_3d_bench
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import min_median_max, write_result
+from benchmarks.common import ROOT, git_worktree, min_median_max, run_in_tree, write_result
 
-ROOT = Path(__file__).resolve().parent.parent
 EVALUATOR_ARGS = "num_joints=1, num_layers=2, latent_dim=128, ff_size=512"
 
 STAGE_SCRIPT = """
@@ -92,23 +86,13 @@ def sampling_part(ws, run: str, samples: int, steps: int, rounds: int) -> list[s
 
 
 def stage_part(ws, run: str, samples: str, n: int, repeats: int, length: int, baseline_rev: str) -> list[str]:
-    worktree = Path(tempfile.mkdtemp(prefix="bench-eval-baseline-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), baseline_rev], check=True,
-                   capture_output=True)  # fmt: skip
     out = {}
-    try:
+    with git_worktree(baseline_rev) as worktree:
         for label, tree in (("before", worktree), ("now", ROOT)):
             script = STAGE_SCRIPT.format(ws=str(ws.root), run=run, name=f"bench-eval-speed-{label}", samples=samples,
                                          length=length, n=n, repeats=repeats, evaluator=EVALUATOR_ARGS)  # fmt: skip
-            env = dict(os.environ, PYTHONPATH=str(tree))
-            proc = subprocess.run([sys.executable, "-c", script], cwd=tree, env=env, capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"{label} evaluation failed:\n{proc.stderr[-3000:]}")
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            out[label] = json.loads(line[len("RESULT ") :])
+            out[label] = run_in_tree(tree, script, f"{label} evaluation")
             print(label, out[label]["seconds"], flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     before, now = out["before"]["seconds"], out["now"]["seconds"]
     return [f"`run_evaluation` at n = {n}, {repeats} repeats, length {length}, one evaluated set `{samples}`, the SDS "
             f"reference off (it is a sample set of its own: part 1 gives its rate); the cached 2-layer evaluator. "
