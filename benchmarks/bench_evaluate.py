@@ -4,7 +4,7 @@ Two parts (``benchmarks/results/evaluation_speed.md``):
 
 1. **Sampling throughput** (in this process, interleaved rounds after a warm-up): MAS and SDS with every sample in one
    denoiser pass (the code before: ``chunk = S``) against passes of 320 motions (the CPU default, see
-   :data:`models.mas.CPU_PASS_MOTIONS`); plain 2D sampling in fp32, batches of 256 (before) against the checked
+   :data:`models.mas.CPU_PASS_ELEMENTS`); plain 2D sampling in fp32, batches of 256 (before) against the checked
    precision (bf16 where native) in passes of 256. Seconds per sample are scaled to 100 steps (SDS: per iteration);
    every step of a sampler costs the same, so fewer measured steps change nothing but the noise.
 2. **The evaluation stage** (``run_evaluation`` on one evaluated sample set, everything but sampling that set): the

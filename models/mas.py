@@ -99,21 +99,33 @@ def _check_finite(name: str, value: torch.Tensor, step: int) -> None:
         )
 
 
-# Motions (samples x views) per denoiser pass on a CPU. A step over many samples at once is memory-bound there: 320
-# views of 60 frames (64 MAS samples) keep a step's tensors in cache and run 2.1x faster per sample than 1000 samples
-# at once (benchmarks/results/evaluation_speed.md). Chunks draw from one random stream in order, so the first chunk
-# of a seed is the same whatever the total.
-CPU_PASS_MOTIONS = 320
+# Activation elements (motions x tokens x model width) per denoiser pass on a CPU. A bigger pass is memory-bound
+# there: 320 motions of 60 frames (61 tokens) of the 128-d benchmark model, 64 MAS samples, run 2.1x faster per
+# sample than 1000 samples at once (benchmarks/results/evaluation_speed.md); the same number of elements for the
+# 512-d default model, 40 motions of 120 frames, take 11.6 ms per motion in int8 against 15.9 ms in passes of 320
+# (bf16, its faster precision there; precision_passes.md). Chunks draw from one random stream in order, so the first
+# chunk of a seed is the same whatever the total.
+CPU_PASS_ELEMENTS = 320 * 61 * 128
 
 
-def sample_chunk(device: torch.device, chunk: int | None, views: int) -> int | None:
-    """Samples per pass: ``chunk`` if given; on a CPU :data:`CPU_PASS_MOTIONS` // ``views``; elsewhere None (all at
-    once: a GPU is not memory-bound the same way, and chunking has not been measured there)."""
+def sample_chunk(trained: TrainedModel, chunk: int | None, views: int, length: int) -> int | None:
+    """Samples per pass: ``chunk`` if given; on a CPU as many samples of ``views`` motions of ``length`` frames as
+    :data:`CPU_PASS_ELEMENTS` holds at the model's width (at least 1); elsewhere None (all at once: a GPU is not
+    memory-bound the same way, and chunking has not been measured there)."""
     if chunk is None:
-        return max(1, CPU_PASS_MOTIONS // views) if device.type == "cpu" else None
+        if trained.device.type != "cpu":
+            return None
+        return max(1, CPU_PASS_ELEMENTS // (views * (length + 1) * trained.model.config.latent_dim))
     if chunk < 1:
         raise SamplingError(f"the sample chunk must be at least 1, got {chunk}")
     return chunk
+
+
+def pass_tokens(trained: TrainedModel, num_samples: int, length: int, views: int, chunk: int | None = None) -> int:
+    """Tokens (frames and the timestep token of every motion) in one denoiser pass when ``num_samples`` samples of
+    ``views`` motions each are drawn in passes of :func:`sample_chunk` samples: what the precision policy weighs."""
+    per_pass = sample_chunk(trained, chunk, views, length) or num_samples
+    return min(num_samples, per_pass) * views * (length + 1)
 
 
 def chunk_sizes(num_samples: int, chunk: int | None) -> list[int]:
@@ -148,7 +160,7 @@ def mas_sample(
         raise SamplingError(f"need num_samples >= 1 and length >= 1, got {num_samples} and {length}")
     if length > trained.model.config.max_len:
         raise SamplingError(f"length {length} exceeds the model's max_len {trained.model.config.max_len}")
-    sizes = chunk_sizes(num_samples, sample_chunk(trained.device, chunk, cfg.num_views))
+    sizes = chunk_sizes(num_samples, sample_chunk(trained, chunk, cfg.num_views, length))
     diffusion = trained.diffusion if cfg.steps is None else trained.diffusion.respaced(cfg.steps)
     generator = torch.Generator(device=trained.device).manual_seed(seed)
     return sample_in_chunks(

@@ -1,11 +1,12 @@
 """The arithmetic the denoiser samples with: ``fp32``, ``int8`` (CPU linear layers) or ``bf16`` (autocast).
 
-``auto`` picks the fastest precision of the machine it runs on (``benchmarks/results/precision.md``): bf16 where
-the hardware computes it natively (a GPU with bf16 support; a CPU with AVX512-BF16 or AMX), int8 on other CPUs
-(nearly half the time of fp32 for a 1.4% change in the motions, ``benchmarks/results/int8_quality.md``), fp32
-otherwise. Before sampling, the chosen precision must reproduce the fp32 denoiser on a fixed batch within
-:data:`AUTO_TOLERANCE` (:func:`precision_error`); if it does not, ``auto`` falls back to fp32 and says so. The choice
-and its reason are recorded with every sample set (:func:`explain_precision`).
+``auto`` picks the fastest precision of the machine it runs on (``benchmarks/results/precision_cpu.md``): bf16
+where the hardware computes it natively (a GPU with bf16 support; a CPU with AVX512-BF16 or AMX), except that such a
+CPU takes int8 for small denoiser passes (:data:`INT8_TOKENS_PER_WIDTH`), int8 on other CPUs (nearly half the time
+of fp32 for a 1.4% change in the motions, ``benchmarks/results/int8_quality.md``), fp32 otherwise. Before sampling,
+the chosen precision must reproduce the fp32 denoiser on a fixed batch within :data:`AUTO_TOLERANCE`
+(:func:`precision_error`); if it does not, ``auto`` falls back to fp32 and says so. The choice and its reason are
+recorded with every sample set (:func:`explain_precision`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,26 @@ from models.int8 import int8_available, quantize_denoiser
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 AUTO_TOLERANCE = 0.03  # relative error of the denoiser's output that auto accepts (bf16 ~0.5%, int8 ~1.4% measured)
+# On a CPU with native bf16, int8 linear layers are faster than bf16 for denoiser passes of fewer tokens than this
+# many times the model's width (the weights' traffic dominates), bf16 for bigger passes (precision_passes.md): the
+# 512-d default model crosses between 80 and 160 motions of 121 tokens (int8 1.07x faster at 9 680 tokens, bf16 1.22x
+# at 19 360), the 128-d benchmark model's size between 40 and 320 motions of 61 tokens (int8 1.10x faster at 2 440,
+# within 3% either way from 4 880 to 19 520).
+INT8_TOKENS_PER_WIDTH = 20
 
 
-def _auto(device: torch.device) -> tuple[str, str]:
+def _auto(device: torch.device, pass_tokens: int | None = None, width: int | None = None) -> tuple[str, str]:
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16 autocast: this GPU computes bf16 natively"
         return "fp32", "fp32: this GPU has no bf16 support"
     if device.type == "cpu":
         if cpu_native_bf16():
+            small = pass_tokens is not None and width is not None and pass_tokens < INT8_TOKENS_PER_WIDTH * width
+            if small and int8_available():
+                return "int8", (f"int8 linear layers: this CPU computes bf16 natively, but int8 is faster for passes "
+                                f"of {pass_tokens} tokens (under {INT8_TOKENS_PER_WIDTH} x the model's width, "
+                                f"{width})")  # fmt: skip
             return "bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)"
         if int8_available():
             return "int8", "int8 linear layers: this CPU has no native bf16, and int8 is the fastest it has"
@@ -37,10 +49,13 @@ def _auto(device: torch.device) -> tuple[str, str]:
     return "fp32", f"fp32: no faster precision is known for {device.type}"
 
 
-def explain_precision(precision: str, device: torch.device) -> str:
-    """Why ``precision`` resolves as it does on ``device`` (for logs and records)."""
+def explain_precision(
+    precision: str, device: torch.device, pass_tokens: int | None = None, width: int | None = None
+) -> str:
+    """Why ``precision`` resolves as it does on ``device`` for passes of ``pass_tokens`` tokens through a model of
+    ``width`` (for logs and records)."""
     if precision == "auto":
-        return "auto → " + _auto(device)[1]
+        return "auto → " + _auto(device, pass_tokens, width)[1]
     return f"{resolve_precision(precision, device)}: asked for"
 
 
@@ -48,12 +63,15 @@ class PrecisionError(ValueError):
     """A precision that does not exist or cannot run on the chosen device."""
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` means the fastest native precision of ``device`` (see the module); ``int8`` is refused off the CPU."""
+def resolve_precision(
+    precision: str, device: torch.device, pass_tokens: int | None = None, width: int | None = None
+) -> str:
+    """``auto`` means the fastest native precision of ``device`` for denoiser passes of ``pass_tokens`` tokens through
+    a model of ``width`` (see the module; unknown passes count as big); ``int8`` is refused off the CPU."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return _auto(device)[0]
+        return _auto(device, pass_tokens, width)[0]
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(f"int8 inference runs on the CPU only, not on {device}; use --precision fp32 or bf16")
     if precision == "int8" and not int8_available():
@@ -64,10 +82,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def with_precision(trained: TrainedModel, precision: str) -> TrainedModel:
-    """``trained`` itself for fp32, else a copy whose denoiser runs in ``precision`` (``auto`` is resolved here,
-    without the quality check: :func:`checked_precision` does that)."""
-    resolved = resolve_precision(precision, trained.device)
+def with_precision(trained: TrainedModel, precision: str, pass_tokens: int | None = None) -> TrainedModel:
+    """``trained`` itself for fp32, else a copy whose denoiser runs in ``precision`` (``auto`` is resolved here for
+    passes of ``pass_tokens`` tokens, without the quality check: :func:`checked_precision` does that)."""
+    resolved = resolve_precision(precision, trained.device, pass_tokens, trained.model.config.latent_dim)
     if resolved == "fp32":
         return trained
     model = quantize_denoiser(trained.model) if resolved == "int8" else Bf16Denoiser(trained.model)
@@ -86,11 +104,16 @@ def precision_error(trained: TrainedModel, fast: TrainedModel, batch: int = 4, l
     return float((out.float() - reference).norm() / reference.norm().clamp_min(1e-12))
 
 
-def checked_precision(trained: TrainedModel, precision: str) -> tuple[TrainedModel, str, str]:
-    """The model in ``precision`` with the precision it runs in and why. For ``auto``, the chosen lower precision must
-    reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model, else fp32 is used and the reason says so."""
-    resolved = resolve_precision(precision, trained.device)
-    reason = explain_precision(precision, trained.device)
+def checked_precision(
+    trained: TrainedModel, precision: str, pass_tokens: int | None = None
+) -> tuple[TrainedModel, str, str]:
+    """The model in ``precision`` (``auto``: for denoiser passes of ``pass_tokens`` tokens, see
+    :func:`models.mas.pass_tokens`) with the precision it runs in and why. For ``auto``, the chosen lower precision
+    must reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model, else fp32 is used and the reason
+    says so."""
+    width = trained.model.config.latent_dim
+    resolved = resolve_precision(precision, trained.device, pass_tokens, width)
+    reason = explain_precision(precision, trained.device, pass_tokens, width)
     fast = with_precision(trained, resolved)
     if precision != "auto" or resolved == "fp32":
         return fast, resolved, reason

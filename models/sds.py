@@ -73,7 +73,7 @@ def sds_sample(
     (:func:`models.mas.sample_chunk`; each motion's optimisation is independent of the others')."""
     cfg = config or SDSConfig()
     generator = torch.Generator(device=trained.device).manual_seed(seed)
-    sizes = chunk_sizes(num_samples, sample_chunk(trained.device, chunk, 1))
+    sizes = chunk_sizes(num_samples, sample_chunk(trained, chunk, 1, length))
     trained.model.requires_grad_(False)
     return sample_in_chunks(
         sizes,

@@ -64,6 +64,7 @@ HEADLINE_2D = ("fid", "recall")
 HEADLINE_VIEWS = {"recall": ("side", "-")}
 HIGHER_IS_BETTER = ("recall", "precision")
 KIND_ORDER = ("floor", "trivial", "reference", "evaluated")
+PLAIN_2D_BATCH = 256  # motions per denoiser pass of the plain 2D row's sampling (and what its precision weighs)
 
 
 @dataclass
@@ -344,7 +345,7 @@ def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, 
     """The plain 2D row's ``count`` samples, in the precision the sample sets beside it were drawn with; kept in
     ``evaluations/plain-2d-samples/`` by the checkpoint's content and the sampling parameters, so evaluating another
     sample set of the same run does not sample them again (10 000 of them take minutes on a CPU)."""
-    fast, resolved, _ = checked_precision(trained, precision)
+    fast, resolved, _ = checked_precision(trained, precision, min(count, PLAIN_2D_BATCH) * (length + 1))
     key = stage_key(
         "plain-2d", checkpoint_hashes(ws, run), {"count": count, "length": length, "seed": seed, "precision": resolved}
     )
@@ -352,7 +353,7 @@ def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, 
     if ws.exists(path):
         with ws.local_copy(path) as local, np.load(local) as npz:
             return npz["motions"]
-    motions = sample_2d(fast, count, length, seed=seed, progress=progress).cpu().numpy()
+    motions = sample_2d(fast, count, length, seed=seed, batch_size=PLAIN_2D_BATCH, progress=progress).cpu().numpy()
     buffer = io.BytesIO()
     np.savez(buffer, motions=motions)
     ws.write_bytes(path, buffer.getvalue())  # atomic: a half-written file is never found

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CHECKPOINT_NAME, checkpoint_hashes, load_trained_model
-from models.mas import MASConfig, SamplingError, mas_sample
+from models.mas import MASConfig, SamplingError, mas_sample, pass_tokens
 from models.precision import checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
@@ -78,7 +78,13 @@ def run_sampling(
     folder = ws.samples_dir(name)
     npz_path = f"{folder}/motions.npz"
     dev = resolve_device(device)
-    requested, precision = precision, resolve_precision(precision, dev)  # auto: the fastest native one (checked)
+    trained = load_trained_model(ws, run, dev) if ws.exists(ckpt) else None  # none: only a finished set can be had
+    tokens = width = None  # the denoiser's passes, which the precision policy weighs
+    if trained:
+        frames, width = length or min(trained.model.config.max_len, 120), trained.model.config.latent_dim
+        tokens = pass_tokens(trained, num_samples, frames, mas.num_views if method == "mas" else 1)
+    # auto: the fastest native precision for these passes (checked against fp32 before sampling)
+    requested, precision = precision, resolve_precision(precision, dev, tokens, width)
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
               "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
     key = stage_key("sample", checkpoint_hashes(ws, run), params)
@@ -90,7 +96,7 @@ def run_sampling(
         if record.meta.get("export", {}).get("settings") != export.to_dict():  # same samples, other export
             with ws.local_copy(npz_path) as local:
                 skeleton = stored_skeleton(np.load(local), npz_path)
-            fps = load_trained_model(ws, run, "cpu").fps if ws.exists(ckpt) else 30.0
+            fps = trained.fps if trained else 30.0
             written, summary = _write_export(ws, folder, motions, skeleton, fps, export)
             paths = [p for p in paths if not p.endswith((".bvh", "rigid.npz"))] + written
             record = catalog.mark_done("sample", name, key=key, outputs=paths, params=record.params,
@@ -99,7 +105,8 @@ def run_sampling(
         return SampleResult(name, motions, paths, 0.0, True, meta.get("precision", precision),
                             meta.get("precision_reason", ""))  # fmt: skip
 
-    trained = load_trained_model(ws, run, dev)
+    if trained is None:
+        trained = load_trained_model(ws, run, dev)  # raises, naming the missing checkpoint
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
         raise SamplingError(
             f"checkpoint {run!r} was trained on skeleton {trained.skeleton!r}, not {expected_skeleton!r}; "
@@ -111,7 +118,7 @@ def run_sampling(
         catalog.mark_running("sample", name, key=key, run=run, method=method)
         try:
             start = time.perf_counter()
-            trained, precision, reason = checked_precision(trained, requested)
+            trained, precision, reason = checked_precision(trained, requested, tokens)
             log.info("sampling %s in %s", name, reason)
             if method == "mas":
                 motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)

@@ -7,7 +7,7 @@ from torch import nn
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig
 from models.diffusion import Diffusion
-from models.mas import MASConfig, SamplingError, mas_sample
+from models.mas import MASConfig, SamplingError, mas_sample, pass_tokens, sample_chunk
 from models.sds import SDSConfig, sds_lowest_timestep, sds_sample
 from models.triangulation import triangulate
 from pipeline.cameras import metres_to_units, project, view_rotations
@@ -162,8 +162,13 @@ def test_chunked_sampling_is_the_same_algorithm_per_sample():
     mas_sample(trained, 5, 16, cfg, seed=4, chunk=2)
     assert calls == [6] * 10 + [6] * 10 + [3] * 10  # chunks of 2, 2, 1 samples x 3 views, 10 steps each
     calls.clear()
-    mas_sample(trained, 5, 16, cfg, seed=4, chunk=None)  # the CPU default: 320 // 3 = 106 samples per pass
+    mas_sample(trained, 5, 16, cfg, seed=4, chunk=None)  # the CPU default: 2.5 M elements / (3 x 17 x 512) = 95
     assert calls == [15] * 10
+    # passes hold the same activation elements whatever the model: 64 samples of 60 frames at 128 d, 8 of 120 at 512
+    assert sample_chunk(trained, None, 5, 120) == 8 and pass_tokens(trained, 1, 120, 5) == 5 * 121
+    narrow = _trained(Shrink(17))
+    narrow.model.config = DenoiserConfig(num_joints=17, latent_dim=128)
+    assert sample_chunk(narrow, None, 5, 60) == 64 and pass_tokens(narrow, 1000, 60, 5) == 320 * 61
     # SDS: the loss keeps the whole set's scale, so a chunk optimises as the same motions would in one pass
     sds_cfg = SDSConfig(iterations=20, projection="orthographic")
     trained.model.forward = original

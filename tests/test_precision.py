@@ -83,7 +83,7 @@ def test_sampling_records_precision_and_resamples_when_it_changes(synthetic_ws):
     first = run_sampling(synthetic_ws, "int8-run", "p", num_samples=2, length=16, render=0, progress=False,
                          device="cpu")  # fmt: skip
     record = Catalog(synthetic_ws).get("sample", "p")
-    auto = "bf16" if cpu_native_bf16() else "int8"  # the fastest precision this CPU has
+    auto = "int8"  # passes of 2 x 5 motions x 17 tokens through a 32-wide model: int8 with or without native bf16
     assert record.params["precision"] == auto and record.meta["precision"] == auto
     assert record.meta["precision_reason"].startswith(f"auto → {auto}") and "of fp32" in record.meta["precision_reason"]
     fp32 = run_sampling(synthetic_ws, "int8-run", "p", num_samples=2, length=16, render=0, progress=False,
@@ -102,6 +102,12 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     assert cpu_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags or " bf16" in flags)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16" and "natively" in explain_precision("auto", cpu)
+    # native bf16, but int8 for passes under 20 tokens per unit of width (the default model's 512: 10 240 tokens)
+    assert resolve_precision("auto", cpu, 5 * 121, 512) == "int8"  # one MAS sample, 120 frames
+    assert "int8 is faster for passes of 605 tokens" in explain_precision("auto", cpu, 5 * 121, 512)
+    assert resolve_precision("auto", cpu, 80 * 121, 512) == "int8"
+    assert resolve_precision("auto", cpu, 160 * 121, 512) == resolve_precision("auto", cpu, 320 * 61, 128) == "bf16"
+    assert resolve_precision("fp32", cpu, 5, 512) == "fp32"  # asked for: no policy
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "int8" and "no native bf16" in explain_precision("auto", cpu)
     trained = TrainedModel(default_model, Diffusion.cosine(10), torch.zeros(17, 2), torch.ones(17, 2), "coco17",
