@@ -8,10 +8,11 @@ Views may be weighted per joint (e.g. by confidence). All work stays on the inpu
 
 Every system here has rows ``d r_k - q_k r_z`` (k = image x, y; r = the view's camera axes), so its normal equations
 are a per-point linear combination of a few constant per-view terms (:func:`_system_basis`): they are built with one
-matrix product (:func:`_normal_equations`) instead of per-point outer products. The work runs on planes ``[V, 2, N]``
-(one contiguous row of the N = motions x frames x joints points per view and coordinate) and each symmetric 3x3
-system is solved in closed form (:func:`_solve_planes`): a MAS step of 64 samples x 5 views x 60 frames triangulates 2.9x
-faster (12.6 vs 37 ms on 2 cores) than with the points' own layout and batched LU, with the same float32 accuracy.
+matrix product (:func:`_normal_equations`) instead of per-point outer products. The work runs on planes
+``[V, 2, N]`` (one contiguous row of the N = motions x frames x joints points per view and coordinate) and each
+symmetric 3x3 system is solved in closed form (:func:`_solve_planes`): a MAS step of 64 samples x 5 views x 60 frames
+triangulates 2.9x faster (12.6 vs 37 ms on 2 cores) than with the points' own layout and batched LU, with the same
+float32 accuracy.
 """
 
 from __future__ import annotations
