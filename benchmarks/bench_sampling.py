@@ -16,7 +16,7 @@ from benchmarks.common import peak_memory_mb, write_result
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
-from models.mas import MASConfig, mas_sample
+from models.mas import MASConfig, mas_sample, pass_tokens
 from models.precision import PRECISIONS, resolve_precision, with_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
@@ -48,36 +48,47 @@ def main() -> None:
     parser.add_argument("--sds-iterations", type=int, default=1000)
     parser.add_argument("--skip-sds", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of MAS at batch 1 (the median is reported)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: int8 on CPU, fp32 on GPU")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: models/precision.py's policy")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    trained = with_precision(default_model(device, max_len=args.length), precision)
+    base = default_model(device, max_len=args.length)
+    width = base.model.config.latent_dim
     rows = []
     with torch.inference_mode(False):
-        mas_sample(trained, 1, args.length, MASConfig(steps=2))  # warm-up
         for n in (1, args.batch):
-            runs = [timed(lambda n=n: mas_sample(trained, n, args.length, MASConfig()), device)
+            tokens = pass_tokens(base, n, args.length, MASConfig().num_views)  # auto weighs this call's passes
+            precision = resolve_precision(args.precision, device, tokens, width)
+            trained = with_precision(base, precision)
+            mas_sample(trained, 1, args.length, MASConfig(steps=2))  # warm-up
+            runs = [timed(lambda n=n, model=trained: mas_sample(model, n, args.length, MASConfig()), device)
                     for _ in range(args.repeats if n == 1 else 1)]  # fmt: skip
-            rows.append(("MAS", n, [seconds for seconds, _ in runs], max(memory for _, memory in runs)))
+            rows.append(("MAS", n, precision, [seconds for seconds, _ in runs], max(memory for _, memory in runs)))
             if not args.skip_sds and (n == 1 or device.type == "cuda"):  # SDS batches only pay off on a GPU
                 sds = SDSConfig(iterations=args.sds_iterations)
-                seconds, memory = timed(lambda n=n, sds=sds: sds_sample(trained, n, args.length, sds), device)
-                rows.append(("SDS", n, [seconds], memory))
+                precision = resolve_precision(args.precision, device, pass_tokens(base, n, args.length, 1), width)
+                trained = with_precision(base, precision)
+                seconds, memory = timed(
+                    lambda n=n, sds=sds, model=trained: sds_sample(model, n, args.length, sds), device
+                )
+                rows.append(("SDS", n, precision, [seconds], memory))
     lines = [
-        "| method | batch | total s (median) | s per sample | timed runs (s) | peak memory MB | speed vs paper (GPU) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | batch | precision | total s (median) | s per sample | timed runs (s) | peak memory MB "
+        "| speed vs paper (GPU) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     paper = {"MAS": 9.0, "SDS": 17.0}
-    for method, n, runs, memory in rows:
+    for method, n, used, runs, memory in rows:
         seconds = statistics.median(runs)
         per = seconds / n
         listed = ", ".join(f"{r:.2f}" for r in runs)
         speed = paper[method] / per
-        lines.append(f"| {method} | {n} | {seconds:.2f} | {per:.3f} | {listed} | {memory:.0f} | {speed:.2f}x |")
+        lines.append(
+            f"| {method} | {n} | {used} | {seconds:.2f} | {per:.3f} | {listed} | {memory:.0f} | {speed:.2f}x |"
+        )
+    precision = [row for row in rows if row[0] == "MAS"][-1][2]  # the batch's (names the file)
     body = (
         f"Default model: 8 layers, 512 d, 4 heads, T = 100, 5 views, {args.length} frames, 17 joints; device {device}, "
-        f"denoiser precision {precision}. "
+        f"denoiser precision {args.precision} (auto: the fastest for each call's passes, models/precision.py). "
         "Peak memory: CUDA max allocated on GPU, process max RSS on CPU.\n\n" + "\n".join(lines)
     )
     write_result(args.name or f"sampling_{device.type}_{precision}", "MAS and SDS sampling speed", body)
