@@ -5,7 +5,8 @@ where the hardware computes it natively (a GPU with bf16 support; a CPU with AVX
 CPU takes int8 for small denoiser passes (:data:`INT8_TOKENS_PER_WIDTH`), int8 on other CPUs (nearly half the time
 of fp32 for a 1.4% change in the motions, ``benchmarks/results/int8_quality.md``), fp32 otherwise. Before sampling,
 the chosen precision must reproduce the fp32 denoiser on a fixed batch within :data:`AUTO_TOLERANCE`
-(:func:`precision_error`); if it does not, ``auto`` falls back to fp32 and says so. The choice and its reason are
+(:func:`precision_error`); if it does not, ``auto`` tries the next candidate (bf16 after int8 on a native-bf16
+CPU), then fp32, and says so. The choice and its reason are
 recorded with every sample set (:func:`explain_precision`).
 """
 
@@ -30,21 +31,35 @@ AUTO_TOLERANCE = 0.03  # relative error of the denoiser's output that auto accep
 INT8_TOKENS_PER_WIDTH = 20
 
 
-def _auto(device: torch.device, pass_tokens: int | None = None, width: int | None = None) -> tuple[str, str]:
+def _candidates(
+    device: torch.device, pass_tokens: int | None = None, width: int | None = None
+) -> list[tuple[str, str]]:
+    """The lower precisions ``auto`` tries on ``device``, fastest first, each with why (none: fp32, :func:`_auto`)."""
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "bf16 autocast: this GPU computes bf16 natively"
+        return [("bf16", "bf16 autocast: this GPU computes bf16 natively")] if torch.cuda.is_bf16_supported() else []
+    if device.type != "cpu":
+        return []
+    if cpu_native_bf16():
+        bf16 = ("bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")
+        small = pass_tokens is not None and width is not None and pass_tokens < INT8_TOKENS_PER_WIDTH * width
+        if small and int8_available():
+            return [("int8", f"int8 linear layers: this CPU computes bf16 natively, but int8 is faster for passes "
+                             f"of {pass_tokens} tokens (under {INT8_TOKENS_PER_WIDTH} x the model's width, {width})"),
+                    bf16]  # fmt: skip
+        return [bf16]
+    if int8_available():
+        return [("int8", "int8 linear layers: this CPU has no native bf16, and int8 is the fastest it has")]
+    return []
+
+
+def _auto(device: torch.device, pass_tokens: int | None = None, width: int | None = None) -> tuple[str, str]:
+    """``auto``'s first choice on ``device`` and why (before the check against fp32)."""
+    candidates = _candidates(device, pass_tokens, width)
+    if candidates:
+        return candidates[0]
+    if device.type == "cuda":
         return "fp32", "fp32: this GPU has no bf16 support"
     if device.type == "cpu":
-        if cpu_native_bf16():
-            small = pass_tokens is not None and width is not None and pass_tokens < INT8_TOKENS_PER_WIDTH * width
-            if small and int8_available():
-                return "int8", (f"int8 linear layers: this CPU computes bf16 natively, but int8 is faster for passes "
-                                f"of {pass_tokens} tokens (under {INT8_TOKENS_PER_WIDTH} x the model's width, "
-                                f"{width})")  # fmt: skip
-            return "bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)"
-        if int8_available():
-            return "int8", "int8 linear layers: this CPU has no native bf16, and int8 is the fastest it has"
         return "fp32", "fp32: this CPU has neither native bf16 nor this PyTorch build's int8 kernels"
     return "fp32", f"fp32: no faster precision is known for {device.type}"
 
@@ -108,20 +123,22 @@ def checked_precision(
     trained: TrainedModel, precision: str, pass_tokens: int | None = None
 ) -> tuple[TrainedModel, str, str]:
     """The model in ``precision`` (``auto``: for denoiser passes of ``pass_tokens`` tokens, see
-    :func:`models.mas.pass_tokens`) with the precision it runs in and why. For ``auto``, the chosen lower precision
-    must reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model, else fp32 is used and the reason
-    says so."""
+    :func:`models.mas.pass_tokens`) with the precision it runs in and why. For ``auto``, a lower precision must
+    reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model; one that does not gives way to the next
+    candidate (bf16 after int8 on a native-bf16 CPU), then to fp32, and the reason says so."""
     width = trained.model.config.latent_dim
     resolved = resolve_precision(precision, trained.device, pass_tokens, width)
-    reason = explain_precision(precision, trained.device, pass_tokens, width)
-    fast = with_precision(trained, resolved)
     if precision != "auto" or resolved == "fp32":
-        return fast, resolved, reason
-    error = precision_error(trained, fast)
-    if not error <= AUTO_TOLERANCE:  # NaN fails too
-        return trained, "fp32", (f"auto → fp32: {resolved} changed this model's denoiser output by {error:.1%} "
-                                 f"(more than {AUTO_TOLERANCE:.0%})")  # fmt: skip
-    return fast, resolved, f"{reason}; denoiser within {error:.2%} of fp32"
+        return with_precision(trained, resolved), resolved, explain_precision(precision, trained.device)
+    rejected = []  # candidates that failed the check, in the order tried
+    for candidate, why in _candidates(trained.device, pass_tokens, width):
+        fast = with_precision(trained, candidate)
+        error = precision_error(trained, fast)
+        if error <= AUTO_TOLERANCE:  # NaN fails too
+            return fast, candidate, "; ".join([f"auto → {why}; denoiser within {error:.2%} of fp32", *rejected])
+        rejected.append(f"{candidate} changed this model's denoiser output by {error:.1%} (more than "
+                        f"{AUTO_TOLERANCE:.0%})")  # fmt: skip
+    return trained, "fp32", "auto → fp32: " + "; ".join(rejected)
 
 
 class Bf16Denoiser(nn.Module):
