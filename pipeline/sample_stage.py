@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.checkpoint import CHECKPOINT_NAME, checkpoint_hashes, load_trained_model
+from models.checkpoint import checkpoint_hashes, load_trained_model
 from models.mas import MASConfig, SamplingError, mas_sample, pass_tokens
 from models.precision import checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
@@ -73,17 +73,15 @@ def run_sampling(
     if method not in ("mas", "sds"):
         raise SamplingError(f"unknown sampling method {method!r}; use 'mas' or 'sds'")
     mas, sds, export = mas or MASConfig(), sds or SDSConfig(), export or ExportConfig()
-    ckpt = f"{ws.checkpoint_dir(run)}/{CHECKPOINT_NAME}"
     catalog = Catalog(ws)
     folder = ws.samples_dir(name)
     npz_path = f"{folder}/motions.npz"
     dev = resolve_device(device)
-    trained = load_trained_model(ws, run, dev) if ws.exists(ckpt) else None  # none: only a finished set can be had
-    tokens = width = None  # the denoiser's passes, which the precision policy weighs
-    if trained:
-        frames, width = length or min(trained.model.config.max_len, 120), trained.model.config.latent_dim
-        tokens = pass_tokens(trained, num_samples, frames, mas.num_views if method == "mas" else 1)
-    # auto: the fastest native precision for these passes (checked against fp32 before sampling)
+    trained = load_trained_model(ws, run, dev)  # a missing checkpoint is named here (no set is done without one)
+    frames = length or min(trained.model.config.max_len, 120)
+    # the denoiser's passes, which auto weighs for the fastest native precision (checked against fp32 before sampling)
+    tokens = pass_tokens(trained, num_samples, frames, mas.num_views if method == "mas" else 1)
+    width = trained.model.config.latent_dim
     requested, precision = precision, resolve_precision(precision, dev, tokens, width)
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
               "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
@@ -96,8 +94,7 @@ def run_sampling(
         if record.meta.get("export", {}).get("settings") != export.to_dict():  # same samples, other export
             with ws.local_copy(npz_path) as local:
                 skeleton = stored_skeleton(np.load(local), npz_path)
-            fps = trained.fps if trained else 30.0
-            written, summary = _write_export(ws, folder, motions, skeleton, fps, export)
+            written, summary = _write_export(ws, folder, motions, skeleton, trained.fps, export)
             paths = [p for p in paths if not p.endswith((".bvh", "rigid.npz"))] + written
             record = catalog.mark_done("sample", name, key=key, outputs=paths, params=record.params,
                                        meta={"export": summary})  # fmt: skip
@@ -105,15 +102,13 @@ def run_sampling(
         return SampleResult(name, motions, paths, 0.0, True, meta.get("precision", precision),
                             meta.get("precision_reason", ""))  # fmt: skip
 
-    if trained is None:
-        trained = load_trained_model(ws, run, dev)  # raises, naming the missing checkpoint
     if expected_skeleton is not None and trained.skeleton != expected_skeleton:
         raise SamplingError(
             f"checkpoint {run!r} was trained on skeleton {trained.skeleton!r}, not {expected_skeleton!r}; "
             "pick a run trained on the right dataset"
         )
     skeleton = trained.skeleton_model
-    length = length or min(trained.model.config.max_len, 120)
+    length = frames
     with ArtifactLock(ws, "sample", name):  # one writer per sample set
         catalog.mark_running("sample", name, key=key, run=run, method=method)
         try:
