@@ -217,7 +217,7 @@ def train_flow(dataset: str, workspace: str | None = None, run: str | None = Non
 def sample_flow(run: str, workspace: str | None = None, name: str | None = None, method: str = "mas",
                 num_samples: int = 8, length: int | None = None, views: int = 5, seed: int = 0,
                 device: str = "auto", precision: str = "auto") -> dict[str, Any]:  # fmt: skip
-    """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures (precision auto: int8 on CPU)."""
+    """Stage 6: MAS (or SDS) samples with BVH, videos and view pictures (precision auto: models/precision.py)."""
     workspace = workspace_root(workspace)
     from models.mas import MASConfig
     from pipeline.sample_stage import run_sampling

@@ -97,8 +97,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when fin
 PrecisionOpt = Annotated[
     Literal["auto", "fp32", "int8", "bf16"],
     typer.Option(
-        help="Denoiser arithmetic: auto (bf16 where the device computes it natively, else int8 on CPU, fp32 on GPU; "
-        "checked against fp32 before use), fp32, int8 (CPU) or bf16.",
+        help="Denoiser arithmetic: auto (bf16 where the device computes it natively, int8 for small passes on such a "
+        "CPU and on other CPUs, else fp32; checked against fp32 before use), fp32, int8 (CPU) or bf16.",
     ),
 ]
 

@@ -7,8 +7,8 @@ joint rotations, feet on the floor y = 0, and ``rigid.npz`` for retargeting), ``
 exported motion, and it beside the sampled one) for the first ``render`` samples. The export is derived from
 ``motions.npz``: asking for other export settings on a finished sample set rewrites the export without sampling
 again. ``ExportConfig(rigid=False)`` writes the old free-point BVH (position channels on every joint) instead.
-The denoiser runs in the requested precision (``auto``: int8 on CPU, fp32 on GPU; see
-``models/precision.py``), which is recorded with the parameters.
+The denoiser runs in the requested precision (``auto``: the fastest for this call's denoiser passes that passes the
+check against fp32; see ``models/precision.py``), which is recorded with the parameters.
 """
 
 from __future__ import annotations

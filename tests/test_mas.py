@@ -147,9 +147,9 @@ def test_mas_is_seeded_and_batched(known_motions):
 
 
 def test_chunked_sampling_is_the_same_algorithm_per_sample():
-    """Chunks (the CPU default: 320 motions per denoiser pass) draw from one random stream in order: the first chunk of
-    a large set is exactly a set of that size, every chunk is a full MAS run (one model call per step each), and the
-    choice of chunk changes nothing but which random numbers a sample gets."""
+    """Chunks (the CPU default: about 2.5 M activation elements per denoiser pass) draw from one random stream in
+    order: the first chunk of a large set is exactly a set of that size, every chunk is a full MAS run (one model call
+    per step each), and the choice of chunk changes nothing but which random numbers a sample gets."""
     trained = _trained(Shrink(17))
     cfg = MASConfig(num_views=3, steps=10)
     small = mas_sample(trained, 2, 16, cfg, seed=4, chunk=2)
