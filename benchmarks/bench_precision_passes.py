@@ -18,10 +18,10 @@ import time
 
 import torch
 
+from benchmarks.bench_sampling import model_of
 from benchmarks.common import min_median_max, write_result
 from models.checkpoint import TrainedModel
-from models.denoiser import DenoiserConfig, MotionDenoiser
-from models.diffusion import Diffusion
+from models.denoiser import DenoiserConfig
 from models.mas import CPU_PASS_ELEMENTS
 from models.precision import INT8_TOKENS_PER_WIDTH, resolve_precision, with_precision
 
@@ -30,14 +30,6 @@ MODELS = {  # name: (config, frames, pass sizes in motions)
     "benchmark size (2 layers, 128 d)": (DenoiserConfig(num_joints=17, latent_dim=128, ff_size=256, num_layers=2,
                                                         max_len=60), 60, (5, 20, 40, 80, 160, 320, 640)),
 }  # fmt: skip
-
-
-def model_of(config: DenoiserConfig) -> TrainedModel:
-    torch.manual_seed(0)
-    model = MotionDenoiser(config).eval()
-    joints = config.num_joints
-    return TrainedModel(model, Diffusion.cosine(100), torch.zeros(joints, 2), torch.ones(joints, 2), "coco17", 0.3,
-                        30.0, 0, "bench")  # fmt: skip
 
 
 @torch.no_grad()
@@ -67,7 +59,8 @@ def main() -> None:
              f"width in tokens; sampling passes hold at most {CPU_PASS_ELEMENTS:,} activation elements (motions x "
              "tokens x width).", ""]  # fmt: skip
     for name, (config, frames, sizes) in MODELS.items():
-        trained = model_of(config)
+        torch.manual_seed(0)
+        trained = model_of(config, cpu)
         lines += [f"## {name}, {frames} frames ({frames + 1} tokens per motion)", "",
                   "| motions per pass | tokens | int8 ms per pass | bf16 ms per pass | int8 ms per motion "
                   "| bf16 ms per motion | bf16 / int8 | auto |",

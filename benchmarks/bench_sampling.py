@@ -23,7 +23,13 @@ from models.trainer import resolve_device
 
 
 def default_model(device: torch.device, joints: int = 17, max_len: int = 120) -> TrainedModel:
-    model = MotionDenoiser(DenoiserConfig(num_joints=joints, max_len=max_len)).to(device).eval()
+    return model_of(DenoiserConfig(num_joints=joints, max_len=max_len), device)
+
+
+def model_of(config: DenoiserConfig, device: torch.device) -> TrainedModel:
+    """An untrained denoiser of ``config`` with its schedule and unit statistics (timing does not need weights)."""
+    model = MotionDenoiser(config).to(device).eval()
+    joints = config.num_joints
     return TrainedModel(model, Diffusion.cosine(100), torch.zeros(joints, 2, device=device),
                         torch.ones(joints, 2, device=device), "coco17", 0.3, 30.0, 0, "bench")  # fmt: skip
 

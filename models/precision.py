@@ -126,12 +126,15 @@ def checked_precision(
     :func:`models.mas.pass_tokens`) with the precision it runs in and why. For ``auto``, a lower precision must
     reproduce fp32 within :data:`AUTO_TOLERANCE` on this machine and model; one that does not gives way to the next
     candidate (bf16 after int8 on a native-bf16 CPU), then to fp32, and the reason says so."""
-    width = trained.model.config.latent_dim
-    resolved = resolve_precision(precision, trained.device, pass_tokens, width)
-    if precision != "auto" or resolved == "fp32":
+    if precision != "auto":
+        resolved = resolve_precision(precision, trained.device)
         return with_precision(trained, resolved), resolved, explain_precision(precision, trained.device)
+    width = trained.model.config.latent_dim
+    candidates = _candidates(trained.device, pass_tokens, width)
+    if not candidates:
+        return trained, "fp32", explain_precision(precision, trained.device)
     rejected = []  # candidates that failed the check, in the order tried
-    for candidate, why in _candidates(trained.device, pass_tokens, width):
+    for candidate, why in candidates:
         fast = with_precision(trained, candidate)
         error = precision_error(trained, fast)
         if error <= AUTO_TOLERANCE:  # NaN fails too

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from models.checkpoint import checkpoint_hashes, load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
+from models.mas import pass_tokens  # noqa: E402
 from models.metrics import HEADLINE_3D, diversity, evaluate_3d, fid, mean_ci, normalize_3d, precision_recall  # noqa: E402
 from models.precision import checked_precision  # noqa: E402
 from models.sampling import sample_2d  # noqa: E402
@@ -345,7 +346,7 @@ def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, 
     """The plain 2D row's ``count`` samples, in the precision the sample sets beside it were drawn with; kept in
     ``evaluations/plain-2d-samples/`` by the checkpoint's content and the sampling parameters, so evaluating another
     sample set of the same run does not sample them again (10 000 of them take minutes on a CPU)."""
-    fast, resolved, _ = checked_precision(trained, precision, min(count, PLAIN_2D_BATCH) * (length + 1))
+    fast, resolved, _ = checked_precision(trained, precision, pass_tokens(trained, count, length, 1, PLAIN_2D_BATCH))
     key = stage_key(
         "plain-2d", checkpoint_hashes(ws, run), {"count": count, "length": length, "seed": seed, "precision": resolved}
     )

@@ -108,7 +108,6 @@ def run_sampling(
             "pick a run trained on the right dataset"
         )
     skeleton = trained.skeleton_model
-    length = frames
     with ArtifactLock(ws, "sample", name):  # one writer per sample set
         catalog.mark_running("sample", name, key=key, run=run, method=method)
         try:
@@ -116,9 +115,9 @@ def run_sampling(
             trained, precision, reason = checked_precision(trained, requested, tokens)
             log.info("sampling %s in %s", name, reason)
             if method == "mas":
-                motions = mas_sample(trained, num_samples, length, mas, seed=seed, progress=progress)
+                motions = mas_sample(trained, num_samples, frames, mas, seed=seed, progress=progress)
             else:
-                motions = sds_sample(trained, num_samples, length, sds, seed=seed, progress=progress)
+                motions = sds_sample(trained, num_samples, frames, sds, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
             motions_np = motions.float().cpu().numpy()
             paths, summary = _write_outputs(ws, folder, motions_np, skeleton, trained.fps, params, render, mas,
