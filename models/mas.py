@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from models.allocator import keep_freed_memory
 from models.checkpoint import TrainedModel
 from models.triangulation import triangulate
 from pipeline.cameras import (
@@ -158,6 +159,7 @@ def mas_sample(
     cfg = config or MASConfig()
     if num_samples < 1 or length < 1:
         raise SamplingError(f"need num_samples >= 1 and length >= 1, got {num_samples} and {length}")
+    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     if length > trained.model.config.max_len:
         raise SamplingError(f"length {length} exceeds the model's max_len {trained.model.config.max_len}")
     sizes = chunk_sizes(num_samples, sample_chunk(trained, chunk, cfg.num_views, length))

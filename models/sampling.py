@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from models.allocator import keep_freed_memory
 from models.checkpoint import TrainedModel
 
 
@@ -21,6 +22,7 @@ def sample_2d(
     """Ancestral DDPM sampling of ``[S, L, J, 2]`` motions in data units."""
     if num_samples < 1 or length < 1:
         raise ValueError(f"need num_samples >= 1 and length >= 1, got {num_samples}, {length}")
+    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     diffusion = trained.diffusion if steps is None else trained.diffusion.respaced(steps)
     device = trained.device
     generator = torch.Generator(device=device).manual_seed(seed)

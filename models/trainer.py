@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.allocator import keep_freed_memory
 from models.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -234,6 +235,7 @@ def train(
     splitting long runs into jobs.
     """
     cfg = config or TrainConfig()
+    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     world, rank, local_rank = _distributed()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"

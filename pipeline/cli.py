@@ -54,6 +54,9 @@ def main(
     """From in-the-wild video to 3D motion: download, track, pose, process, train, sample, evaluate."""
     quiet_logs_off_terminal()
     set_thread_policy(threads)
+    from models.allocator import keep_freed_memory
+
+    keep_freed_memory()  # glibc keeps freed activations in the process (models/allocator.py)
 
 
 def set_thread_policy(threads: int | None) -> None:

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from models.allocator import keep_freed_memory  # noqa: E402
 from models.checkpoint import checkpoint_hashes, load_trained_model  # noqa: E402
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
 from models.mas import pass_tokens  # noqa: E402
@@ -280,6 +281,7 @@ def run_evaluation(
     ``evaluator`` sets the evaluator's size (default: the official 6 layers, FF 1024, 256-d); ``sds_baseline`` samples
     plain SDS (``n x repeats`` motions, cached) unless one of ``sample_sets`` already is an SDS set.
     """
+    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     dev = resolve_device(device)
     trained = load_trained_model(ws, run, dev)
     dataset = open_motion_dataset(ws, trained.dataset)
