@@ -6,7 +6,9 @@ Two parts (``benchmarks/results/evaluation_speed.md``):
    denoiser pass (the code before: ``chunk = S``) against passes of 320 motions (the CPU default, see
    :data:`models.mas.CPU_PASS_ELEMENTS`); plain 2D sampling in fp32, batches of 256 (before) against the checked
    precision (bf16 where native) in passes of 256. Seconds per sample are scaled to 100 steps (SDS: per iteration);
-   every step of a sampler costs the same, so fewer measured steps change nothing but the noise.
+   every step of a sampler costs the same, so fewer measured steps change nothing but the noise. Both sides share
+   this process's malloc settings (:mod:`models.allocator`, applied by the first sampling call), so part 1 isolates
+   the pass size and precision; ``bench_allocator`` measures the allocator on its own.
 2. **The evaluation stage** (``run_evaluation`` on one evaluated sample set, everything but sampling that set): the
    code at ``--baseline-rev`` (a git worktree, in a subprocess) and this checkout (another subprocess), one after the
    other, same workspace, same cached evaluator, same arguments.
@@ -46,6 +48,7 @@ print("RESULT", json.dumps({{"seconds": time.perf_counter() - start,
 
 
 def sampling_part(ws, run: str, samples: int, steps: int, rounds: int) -> list[str]:
+    from models.allocator import keep_freed_memory
     from models.checkpoint import load_trained_model
     from models.mas import MASConfig, mas_sample
     from models.precision import checked_precision
@@ -76,7 +79,8 @@ def sampling_part(ws, run: str, samples: int, steps: int, rounds: int) -> list[s
     lines = [f"Model `{run}` ({trained.model.config.num_layers} layers, {trained.model.config.latent_dim} d), "
              f"{samples} samples of {length} frames per call, {steps} steps (SDS: iterations) measured and scaled to "
              f"100, {rounds} interleaved rounds after a warm-up, precision now: {precision} (before: MAS and SDS "
-             "the same, plain 2D fp32).", "",
+             "the same, plain 2D fp32); both sides with this process's malloc settings "
+             f"({keep_freed_memory()}).", "",
              "| sampler | before: s per sample (min / median / max) | now | speed-up (medians) |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for name, (before, now) in times.items():
