@@ -1,7 +1,8 @@
 """Run the quick benchmarks (`make benchmark`).
 
 The 3D benchmark is separate and longer: `python -m benchmarks.mas_3d_benchmark --workspace W`, after which
-`python -m benchmarks.int8_quality --workspace W` compares int8 and fp32 sampling on its trained model.
+`python -m benchmarks.int8_quality --workspace W` compares int8 and fp32 sampling on its trained model, and
+`python -m benchmarks.bench_allocator --workspace W` times glibc's malloc defaults against the stages' settings.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ QUICK = [
     ["benchmarks.bench_video"],
     ["benchmarks.bench_pose_lanes"],
     ["benchmarks.bench_train", "--steps", "10"],
-    ["benchmarks.bench_sampling", "--batch", "8"],  # auto: int8 on CPU; use --batch 64 --device cuda on a GPU
+    ["benchmarks.bench_sampling", "--batch", "8"],  # auto: the fastest checked precision for its passes
+    ["benchmarks.bench_denoiser_rate"],
     ["benchmarks.bench_sampling", "--batch", "8", "--precision", "fp32", "--skip-sds"],
 ]
 
