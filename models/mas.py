@@ -137,6 +137,7 @@ def chunk_sizes(num_samples: int, chunk: int | None) -> list[int]:
 
 def sample_in_chunks(sizes: list[int], steps: int, desc: str, progress: bool, run_chunk) -> torch.Tensor:
     """``run_chunk(size, bar)`` for each chunk size in order, concatenated; one progress bar of ``steps`` per chunk."""
+    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     bar = tqdm(total=steps * len(sizes), disable=not progress, desc=desc, unit="step")
     try:
         return torch.cat([run_chunk(size, bar) for size in sizes])
@@ -159,7 +160,6 @@ def mas_sample(
     cfg = config or MASConfig()
     if num_samples < 1 or length < 1:
         raise SamplingError(f"need num_samples >= 1 and length >= 1, got {num_samples} and {length}")
-    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     if length > trained.model.config.max_len:
         raise SamplingError(f"length {length} exceeds the model's max_len {trained.model.config.max_len}")
     sizes = chunk_sizes(num_samples, sample_chunk(trained, chunk, cfg.num_views, length))

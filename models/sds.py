@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from models.allocator import keep_freed_memory
 from models.checkpoint import TrainedModel
 from models.mas import (
     SamplingError,
@@ -73,7 +72,6 @@ def sds_sample(
     """Optimise ``num_samples`` 3D motions ``[S, L, J, 3]`` by score distillation, ``chunk`` samples at a time
     (:func:`models.mas.sample_chunk`; each motion's optimisation is independent of the others')."""
     cfg = config or SDSConfig()
-    keep_freed_memory()  # every pass reuses freed activations instead of faulting them in (models/allocator.py)
     generator = torch.Generator(device=trained.device).manual_seed(seed)
     sizes = chunk_sizes(num_samples, sample_chunk(trained, chunk, 1, length))
     trained.model.requires_grad_(False)
