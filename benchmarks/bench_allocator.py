@@ -18,7 +18,6 @@ Writes ``benchmarks/results/allocator.md``.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -98,15 +97,7 @@ SETTINGS = {"glibc defaults": "0", "keep freed memory": "1"}
 
 
 def call(script: str, keep: str) -> dict:
-    previous = os.environ.get("MAS_KEEP_FREED_MEMORY")
-    os.environ["MAS_KEEP_FREED_MEMORY"] = keep
-    try:
-        return run_in_tree(ROOT, script, f"MAS_KEEP_FREED_MEMORY={keep}")
-    finally:
-        if previous is None:
-            del os.environ["MAS_KEEP_FREED_MEMORY"]
-        else:
-            os.environ["MAS_KEEP_FREED_MEMORY"] = previous
+    return run_in_tree(ROOT, script, f"MAS_KEEP_FREED_MEMORY={keep}", {"MAS_KEEP_FREED_MEMORY": keep})
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench_sampling import model_of
 from benchmarks.common import min_median_max, write_result
+from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig
 from models.mas import pass_tokens
 from models.precision import resolve_precision, with_precision
@@ -59,8 +60,8 @@ def best_of(fn, repeats: int) -> list[float]:
 
 
 @torch.no_grad()
-def measure(cfg: DenoiserConfig, frames: int, samples: int, precision: str, repeats: int) -> dict:
-    trained = model_of(cfg, torch.device("cpu"))
+def measure(trained: TrainedModel, frames: int, samples: int, precision: str, repeats: int) -> dict:
+    cfg = trained.model.config
     motions = samples * VIEWS
     model = with_precision(trained, precision).model
     x = torch.randn(motions, frames, cfg.num_joints, 2, generator=torch.Generator().manual_seed(0))
@@ -97,7 +98,7 @@ def main() -> None:
         trained = model_of(cfg, torch.device("cpu"))
         auto = resolve_precision("auto", trained.device, pass_tokens(trained, samples, frames, VIEWS), cfg.latent_dim)
         for precision in ("bf16", "fp32"):  # int8's products are not plain matrix products: timed in precision_passes
-            r = measure(cfg, frames, samples, precision, args.repeats)
+            r = measure(trained, frames, samples, precision, args.repeats)
             best_pass, best_mm = min(r["pass"]), min(r["matmul"])
             share, pass_ms = r["share"], [v * 1000 for v in r["pass"]]
             lines.append(

@@ -62,10 +62,10 @@ def git_worktree(rev: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
-def run_in_tree(tree: Path, script: str, label: str) -> dict:
-    """Run the Python ``script`` in a fresh process with the checkout ``tree`` first on its path; the JSON after its
-    ``RESULT`` line (``label`` names a failure)."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+def run_in_tree(tree: Path, script: str, label: str, env: dict[str, str] | None = None) -> dict:
+    """Run the Python ``script`` in a fresh process with the checkout ``tree`` first on its path (and ``env`` added to
+    this process's environment); the JSON after its ``RESULT`` line (``label`` names a failure)."""
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(tree))
     proc = subprocess.run([sys.executable, "-c", script], cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
