@@ -2,9 +2,11 @@
 
 - **today**: the code at ``--today-rev`` (c171171, the last commit before issue 20's work) in a git worktree: its
   ``auto`` precision (int8 linear layers on a CPU), every sample of a call in one denoiser pass, the model's 100 steps.
-- **now, 100 steps**: this checkout: its ``auto`` precision for the call's passes (``models.precision``), passes of
+- **now, 100 steps**: this checkout: its ``auto`` precision for the call's passes after its check against fp32, as
+  ``mas sample`` picks it (``models.precision``; int8 and bf16 run through OpenVINO on a CPU), passes of
   :data:`models.mas.CPU_PASS_ELEMENTS` activation elements and the closed-form planes triangulation; what Algorithm 1
   computes is unchanged (same steps, same formulas).
+- **now, 100 steps, PyTorch runtime**: the same with ``MAS_DENOISER_RUNTIME=torch`` (what OpenVINO brings).
 - **now, 75 steps**: the same at 75 respaced steps (``mas sample --steps 75``), which the trusted evaluation could not
   tell apart from 100 (``results/mas_steps_compare_steps100-75-50_n1000x5.md``).
 
@@ -54,15 +56,17 @@ print("RESULT", json.dumps({{"per_sample": seconds / {batch}, "precision": preci
 # auto as each code resolves it: today's for every pass; now's for the passes of this call (models.precision)
 CHOOSE = {
     "today": 'precision = resolve_precision("auto", torch.device("cpu"))\nfast = with_precision(trained, precision)',
-    "now": "from models.mas import pass_tokens\ntokens = pass_tokens(trained, {batch}, {length}, 5)\n"
-    'precision = resolve_precision("auto", torch.device("cpu"), tokens, trained.model.config.latent_dim)\n'
-    "fast = with_precision(trained, precision, tokens)",
+    "now": "from models.mas import pass_tokens\nfrom models.precision import checked_precision\n"
+    'fast, precision, _ = checked_precision(trained, "auto", pass_tokens(trained, {batch}, {length}, 5))',
 }
-# name: (code, respaced steps run, steps the time is reported for); None runs the model's own 100
-FULL = {"today (100 steps)": ("today", None, 100), "now, 100 steps": ("now", None, 100),
-        "now, 75 steps": ("now", 75, 75)}  # fmt: skip
+# name: (code, respaced steps run, steps the time is reported for, environment); None runs the model's own 100
+TORCH = {"MAS_DENOISER_RUNTIME": "torch"}  # now's code with the denoiser through PyTorch (no OpenVINO)
+FULL = {"today (100 steps)": ("today", None, 100, None), "now, 100 steps": ("now", None, 100, None),
+        "now, 100 steps, PyTorch runtime": ("now", None, 100, TORCH),
+        "now, 75 steps": ("now", 75, 75, None)}  # fmt: skip
 # a step costs the same at any respacing, so 10 measured steps scale to 100 (for calls too long to run in full)
-SCALED = {"today (100 steps)": ("today", 10, 100), "now, 100 steps": ("now", 10, 100)}
+SCALED = {"today (100 steps)": ("today", 10, 100, None), "now, 100 steps": ("now", 10, 100, None),
+          "now, 100 steps, PyTorch runtime": ("now", 10, 100, TORCH)}  # fmt: skip
 
 
 def measure(trees: dict, case: dict, rounds: int, threads: int) -> dict[str, list[float]]:
@@ -70,10 +74,10 @@ def measure(trees: dict, case: dict, rounds: int, threads: int) -> dict[str, lis
     settings = case["settings"]
     times: dict[str, list[float]] = {name: [] for name in settings}
     for round_ in range(case.get("rounds", rounds)):
-        for name, (code, steps, reported) in settings.items():
+        for name, (code, steps, reported, env) in settings.items():
             choose = CHOOSE[code].format(**case)
             script = SCRIPT.format(threads=threads, steps=steps, choose=choose, **case)
-            result = run_in_tree(trees[code], script, f"{name} ({case['label']})")
+            result = run_in_tree(trees[code], script, f"{name} ({case['label']})", env)
             if not result["finite"]:
                 raise RuntimeError(f"{name} sampled non-finite motions")
             times[name].append(result["per_sample"] * reported / (steps or 100))

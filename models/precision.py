@@ -1,13 +1,15 @@
 """The arithmetic the denoiser samples with: ``fp32``, ``int8`` (CPU linear layers) or ``bf16`` (autocast).
 
-``auto`` picks the fastest precision of the machine it runs on (``benchmarks/results/precision_cpu.md``): bf16
-where the hardware computes it natively (a GPU with bf16 support; a CPU with AVX512-BF16 or AMX), except that such a
-CPU takes int8 for small denoiser passes (:data:`INT8_TOKENS_PER_WIDTH`), int8 on other CPUs (nearly half the time
-of fp32 for a 1.4% change in the motions, ``benchmarks/results/int8_quality.md``), fp32 otherwise. Before sampling,
-the chosen precision must reproduce the fp32 denoiser on a fixed batch within :data:`AUTO_TOLERANCE`
-(:func:`precision_error`); if it does not, ``auto`` tries the next candidate (bf16 after int8 on a native-bf16
-CPU), then fp32, and says so. The choice and its reason are
-recorded with every sample set (:func:`explain_precision`).
+``auto`` picks the fastest precision of the machine it runs on. On a CPU, int8 and bf16 run through OpenVINO where it
+is installed (``models/openvino_denoiser.py``; ``MAS_DENOISER_RUNTIME=torch`` keeps PyTorch): there int8 comes
+first at every pass size (``benchmarks/results/denoiser_runtime.md``), then bf16 where the CPU computes it natively.
+Through PyTorch (``benchmarks/results/precision_cpu.md``): bf16 where the hardware computes it natively (a GPU with
+bf16 support; a CPU with AVX512-BF16 or AMX), except that such a CPU takes int8 for small denoiser passes
+(:data:`INT8_TOKENS_PER_WIDTH`), int8 on other CPUs (nearly half the time of fp32 for a 1.4% change in the motions,
+``benchmarks/results/int8_quality.md``), fp32 otherwise. Before sampling, the chosen precision must reproduce the
+fp32 denoiser on a fixed batch within :data:`AUTO_TOLERANCE` (:func:`precision_error`); if it does not, ``auto``
+tries the next candidate (bf16 after int8 on a native-bf16 CPU), then fp32, and says so. The choice, its reason and
+its runtime are recorded with every sample set (:func:`explain_precision`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from models.checkpoint import TrainedModel
 from models.hardware import cpu_native_bf16
 from models.int8 import int8_available, quantize_denoiser
+from models.openvino_denoiser import denoiser_runtime, openvino_denoiser
 
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
 AUTO_TOLERANCE = 0.03  # relative error of the denoiser's output that auto accepts (bf16 ~0.5%, int8 ~1.4% measured)
@@ -41,6 +44,9 @@ def _candidates(
         return []
     if cpu_native_bf16():
         bf16 = ("bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")
+        if denoiser_runtime(device, "int8")[0] == "openvino":
+            why = "int8: through OpenVINO, faster than bf16 at every pass size measured here (denoiser_runtime.md)"
+            return [("int8", why), ("bf16", "bf16: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")]
         small = pass_tokens is not None and width is not None and pass_tokens < INT8_TOKENS_PER_WIDTH * width
         if small and int8_available():
             return [("int8", f"int8 linear layers: this CPU computes bf16 natively, but int8 is faster for passes "
@@ -103,8 +109,23 @@ def with_precision(trained: TrainedModel, precision: str, pass_tokens: int | Non
     resolved = resolve_precision(precision, trained.device, pass_tokens, trained.model.config.latent_dim)
     if resolved == "fp32":
         return trained
-    model = quantize_denoiser(trained.model) if resolved == "int8" else Bf16Denoiser(trained.model)
+    if denoiser_runtime(trained.device, resolved)[0] == "openvino":
+        model = openvino_denoiser(trained.model, resolved)
+    else:
+        model = quantize_denoiser(trained.model) if resolved == "int8" else Bf16Denoiser(trained.model)
     return dataclasses.replace(trained, model=model)
+
+
+def cache_params(device: torch.device, precision: str) -> dict:
+    """What identifies the arithmetic of ``precision`` on ``device`` in a stage's cache key: the precision, and the
+    runtime where it is not PyTorch (so keys made before the OpenVINO runtime existed still hold for PyTorch)."""
+    runtime = "torch" if precision == "fp32" else denoiser_runtime(device, precision)[0]
+    return {"precision": precision} | ({} if runtime == "torch" else {"runtime": runtime})
+
+
+def runtime_note(trained: TrainedModel, precision: str) -> str:
+    """Which runtime computes ``precision`` on ``trained``'s device, for reasons recorded with samples."""
+    return "" if precision == "fp32" else f"; run by {denoiser_runtime(trained.device, precision)[1]}"
 
 
 def precision_error(trained: TrainedModel, fast: TrainedModel, batch: int = 4, length: int | None = None) -> float:
@@ -128,7 +149,8 @@ def checked_precision(
     candidate (bf16 after int8 on a native-bf16 CPU), then to fp32, and the reason says so."""
     if precision != "auto":
         resolved = resolve_precision(precision, trained.device)
-        return with_precision(trained, resolved), resolved, explain_precision(precision, trained.device)
+        reason = explain_precision(precision, trained.device) + runtime_note(trained, resolved)
+        return with_precision(trained, resolved), resolved, reason
     width = trained.model.config.latent_dim
     candidates = _candidates(trained.device, pass_tokens, width)
     if not candidates:
@@ -138,7 +160,8 @@ def checked_precision(
         fast = with_precision(trained, candidate)
         error = precision_error(trained, fast)
         if error <= AUTO_TOLERANCE:  # NaN fails too
-            return fast, candidate, "; ".join([f"auto → {why}; denoiser within {error:.2%} of fp32", *rejected])
+            chosen = f"auto → {why}; denoiser within {error:.2%} of fp32{runtime_note(trained, candidate)}"
+            return fast, candidate, "; ".join([chosen, *rejected])
         rejected.append(f"{candidate} changed this model's denoiser output by {error:.1%} (more than "
                         f"{AUTO_TOLERANCE:.0%})")  # fmt: skip
     return trained, "fp32", "auto → fp32: " + "; ".join(rejected)

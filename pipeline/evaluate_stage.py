@@ -39,7 +39,7 @@ from models.checkpoint import checkpoint_hashes, load_trained_model  # noqa: E40
 from models.evaluator import EvaluatorConfig, embed  # noqa: E402
 from models.mas import pass_tokens  # noqa: E402
 from models.metrics import HEADLINE_3D, diversity, evaluate_3d, fid, mean_ci, normalize_3d, precision_recall  # noqa: E402
-from models.precision import checked_precision  # noqa: E402
+from models.precision import cache_params, checked_precision  # noqa: E402
 from models.sampling import sample_2d  # noqa: E402
 from models.sds import SDSConfig  # noqa: E402
 from models.trainer import resolve_device  # noqa: E402
@@ -350,7 +350,9 @@ def plain_2d_samples(ws: Workspace, run: str, trained, count: int, length: int, 
     sample set of the same run does not sample them again (10 000 of them take minutes on a CPU)."""
     fast, resolved, _ = checked_precision(trained, precision, pass_tokens(trained, count, length, 1, PLAIN_2D_BATCH))
     key = stage_key(
-        "plain-2d", checkpoint_hashes(ws, run), {"count": count, "length": length, "seed": seed, "precision": resolved}
+        "plain-2d",
+        checkpoint_hashes(ws, run),
+        {"count": count, "length": length, "seed": seed, **cache_params(trained.device, resolved)},
     )
     path = f"{ws.evaluation_dir('plain-2d-samples')}/{run}-{key[:16]}.npz"
     if ws.exists(path):

@@ -25,7 +25,7 @@ import torch
 
 from models.checkpoint import checkpoint_hashes, load_trained_model
 from models.mas import MASConfig, SamplingError, mas_sample, pass_tokens
-from models.precision import checked_precision, resolve_precision
+from models.precision import cache_params, checked_precision, resolve_precision
 from models.sds import SDSConfig, sds_sample
 from models.trainer import resolve_device
 from pipeline.cameras import project, view_azimuths, view_rotations
@@ -84,7 +84,7 @@ def run_sampling(
     width = trained.model.config.latent_dim
     requested, precision = precision, resolve_precision(precision, dev, tokens, width)
     params = {"run": run, "method": method, "num_samples": num_samples, "length": length, "seed": seed,
-              "precision": precision, "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
+              **cache_params(dev, precision), "config": (mas if method == "mas" else sds).to_dict()}  # fmt: skip
     key = stage_key("sample", checkpoint_hashes(ws, run), params)
     if not force and catalog.is_done("sample", name, key):
         with ws.local_copy(npz_path) as local:

@@ -66,8 +66,10 @@ def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, p
     assert 0 < (fast - reference).norm(dim=-1).mean() / spread < 0.1
 
 
-def test_precision_resolution_and_errors(default_model):
+def test_precision_resolution_and_errors(default_model, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) == "int8"  # through OpenVINO (installed), with or without native bf16
+    monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_native_bf16() else "int8")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cuda) == "bf16"
@@ -101,13 +103,19 @@ def test_sampling_records_precision_and_resamples_when_it_changes(synthetic_ws):
 
 
 def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
-    """auto: bf16 where the CPU computes it natively, int8 on other CPUs; fp32 when the check against fp32 fails."""
+    """auto through PyTorch: bf16 where the CPU computes it natively (int8 for small passes), int8 on other CPUs;
+    through OpenVINO: int8 first everywhere; fp32 when the check against fp32 fails."""
     import models.precision as precision
 
     cpu = torch.device("cpu")
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags or " bf16" in flags)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    # OpenVINO (the default runtime where installed): int8 at every pass size, bf16 next
+    assert resolve_precision("auto", cpu, 5 * 121, 512) == resolve_precision("auto", cpu, 320 * 61, 128) == "int8"
+    assert [c for c, _ in precision._candidates(cpu, 320 * 61, 128)] == ["int8", "bf16"]
+    assert "through OpenVINO" in explain_precision("auto", cpu, 320 * 61, 128)
+    monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
     assert resolve_precision("auto", cpu) == "bf16" and "natively" in explain_precision("auto", cpu)
     # native bf16, but int8 for passes under 20 tokens per unit of width (the default model's 512: 10 240 tokens)
     assert resolve_precision("auto", cpu, 5 * 121, 512) == "int8"  # one MAS sample, 120 frames
@@ -125,6 +133,7 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     assert used == "bf16" and isinstance(fast.model, precision.Bf16Denoiser)
     assert reason.startswith("auto → bf16 autocast") and "; int8 changed this model's denoiser output" in reason
     monkeypatch.undo()
+    monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "int8" and "no native bf16" in explain_precision("auto", cpu)
     trained = TrainedModel(default_model, Diffusion.cosine(10), torch.zeros(17, 2), torch.ones(17, 2), "coco17",

@@ -1,0 +1,179 @@
+"""A denoiser pass through PyTorch against the same pass through OpenVINO (``models/openvino_denoiser.py``), per
+precision and pass size, and what ``auto`` picks with each runtime. Writes ``benchmarks/results/denoiser_runtime.md``.
+
+Cases (the passes sampling makes): the procedural benchmark's model (2 layers, 128 d; its trained checkpoint with
+``--workspace``/``--run``, else random weights) in a MAS pass of 64 samples x 5 views of 60 frames (an evaluation's
+sampling), and the default model's size (8 layers, 512 d; random weights, which time does not depend on) in MAS
+passes of 1 and 8 samples x 5 views of 120 frames (8: the most a CPU pass holds, ``models.mas.sample_chunk``).
+Rounds interleave the runtimes; each pass is timed
+``--repeats`` times per round after a warm-up. The error is the pass's relative distance to the fp32 PyTorch pass on
+the same input (noise at random steps), and, for a trained checkpoint, the same error on the precision check's batch
+(``models.precision.precision_error``, what ``auto`` accepts or rejects). Conversion is timed into an empty cache
+(cold) and again from the cache.
+
+    python -m benchmarks.bench_denoiser_runtime [--workspace /tmp/b3d/ws --run bench-model] [--rounds 3 --repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from benchmarks.bench_sampling import model_of
+from benchmarks.common import min_median_max, write_result
+from models.denoiser import DenoiserConfig
+from models.int8 import quantize_denoiser
+from models.mas import pass_tokens
+from models.openvino_denoiser import RUNTIME_ENV, openvino_denoiser
+from models.precision import Bf16Denoiser, checked_precision, precision_error
+
+BENCH = DenoiserConfig(num_joints=17, latent_dim=128, ff_size=256, num_layers=2, max_len=60)
+DEFAULT = DenoiserConfig(num_joints=17, max_len=120)
+VIEWS = 5
+RUNTIMES = {"PyTorch": "torch", "OpenVINO": "openvino"}  # label: MAS_DENOISER_RUNTIME
+
+
+def torch_model(model, precision: str):
+    return quantize_denoiser(model) if precision == "int8" else Bf16Denoiser(model)
+
+
+def times_ms(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.float() - reference).norm() / reference.norm())
+
+
+@torch.no_grad()
+def compare(trained, samples: int, frames: int, rounds: int, repeats: int) -> list[dict]:
+    model = trained.model
+    motions = samples * VIEWS
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(motions, frames, model.config.num_joints, 2, generator=generator)
+    t = torch.randint(0, trained.diffusion.num_steps, (motions,), generator=generator)
+    reference = model(x, t)
+    rows = []
+    for precision in ("bf16", "int8"):
+        runners = {"PyTorch": torch_model(model, precision), "OpenVINO": openvino_denoiser(model, precision)}
+        timings: dict[str, list[float]] = {name: [] for name in runners}
+        for runner in runners.values():
+            runner(x, t)  # warm-up
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                timings[name] += times_ms(lambda runner=runner: runner(x, t), repeats)
+        for name, runner in runners.items():
+            check = precision_error(trained, _with(trained, runner))
+            rows.append({"precision": precision, "runtime": name, "ms": timings[name], "error": error(runner(x, t),
+                         reference), "check": check})  # fmt: skip
+    return rows
+
+
+def _with(trained, model):
+    import dataclasses
+
+    return dataclasses.replace(trained, model=model)
+
+
+def conversion_seconds(trained) -> dict[str, tuple[float, float]]:
+    """Cold (empty cache) and cached seconds to get the OpenVINO denoiser, per precision."""
+    out = {}
+    previous = os.environ.get("MAS_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["MAS_CACHE"] = cache
+        try:
+            for precision in ("bf16", "int8"):
+                start = time.perf_counter()
+                openvino_denoiser(trained.model, precision)
+                cold = time.perf_counter() - start
+                start = time.perf_counter()
+                openvino_denoiser(trained.model, precision)
+                out[precision] = (cold, time.perf_counter() - start)
+        finally:
+            if previous is None:
+                os.environ.pop("MAS_CACHE", None)
+            else:
+                os.environ["MAS_CACHE"] = previous
+    return out
+
+
+def auto_choice(trained, samples: int, frames: int, runtime: str) -> tuple[str, str]:
+    """``(precision, why)`` that ``auto`` picks for this pass with ``runtime``."""
+    previous = os.environ.get(RUNTIME_ENV)
+    os.environ[RUNTIME_ENV] = runtime
+    try:
+        _, used, reason = checked_precision(trained, "auto", pass_tokens(trained, samples, frames, VIEWS))
+    finally:
+        if previous is None:
+            os.environ.pop(RUNTIME_ENV, None)
+        else:
+            os.environ[RUNTIME_ENV] = previous
+    return used, reason
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=None, help="workspace holding the benchmark model's checkpoint")
+    parser.add_argument("--run", default="bench-model")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    if args.workspace:
+        from models.checkpoint import load_trained_model
+        from storage import Workspace
+
+        bench, bench_name = load_trained_model(Workspace(args.workspace), args.run, cpu), f"{args.run} (trained)"
+    else:
+        bench, bench_name = model_of(BENCH, cpu), "benchmark size (random weights)"
+    default = model_of(DEFAULT, cpu)
+    default_name = "default size, 8 layers, 512 d"
+    cases = [
+        (bench_name + ", 2 layers, 128 d", bench, 64, 60),
+        (default_name, default, 1, 120),
+        (default_name, default, 8, 120),
+    ]  # fmt: skip (MAS on a CPU passes 8 samples of this model at a time)
+    command = "python -m benchmarks.bench_denoiser_runtime" + (
+        f" --workspace {args.workspace} --run {args.run}" if args.workspace else ""
+    ) + f" --rounds {args.rounds} --repeats {args.repeats}"  # fmt: skip
+    lines = [f"Command: `{command}`", "",
+             "| model | MAS pass (samples x 5 views x frames) | precision | runtime | pass ms (min / median / max) | "
+             "speed-up | error vs fp32, this pass | error vs fp32, precision check |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    choices = []
+    for name, trained, samples, frames in cases:
+        rows = compare(trained, samples, frames, args.rounds, args.repeats)
+        for row in rows:
+            base = next(r for r in rows if r["precision"] == row["precision"] and r["runtime"] == "PyTorch")
+            speed = min(base["ms"]) / min(row["ms"])
+            lines.append(f"| {name} | {samples} x 5 x {frames} | {row['precision']} | {row['runtime']} | "
+                         f"{min_median_max(row['ms'], '.1f')} | {speed:.2f}x | {row['error']:.2%} | "
+                         f"{row['check']:.2%} |")  # fmt: skip
+        picks = {name: auto_choice(trained, samples, frames, env) for name, env in RUNTIMES.items()}
+        fastest = {name: min(min(r["ms"]) for r in rows if r["runtime"] == name and r["precision"] == used)
+                   for name, (used, _) in picks.items()}  # fmt: skip
+        choices.append(f"| {name} | {samples} x 5 x {frames} | {picks['PyTorch'][0]} | {picks['OpenVINO'][0]} | "
+                       f"{fastest['PyTorch'] / fastest['OpenVINO']:.2f}x | {picks['OpenVINO'][1]} |")  # fmt: skip
+    lines += ["", "What `auto` picks with each runtime (after its check against fp32), and the speed-up of its pick "
+              "through OpenVINO over its pick through PyTorch (fastest passes above):", "",
+              "| model | MAS pass | auto, PyTorch | auto, OpenVINO | speed-up | why (OpenVINO) |",
+              "| --- | --- | --- | --- | --- | --- |", *choices, ""]  # fmt: skip
+    lines += ["Getting the OpenVINO denoiser (seconds): converted into an empty cache, then loaded from it:", "",
+              "| model | precision | cold | cached |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for name, trained in ((cases[0][0], bench), (cases[1][0], default)):
+        for precision, (cold, cached) in conversion_seconds(trained).items():
+            lines.append(f"| {name} | {precision} | {cold:.1f} | {cached:.2f} |")
+    write_result("denoiser_runtime", "The denoiser through PyTorch and through OpenVINO", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The denoiser through OpenVINO: same outputs as PyTorch's in each precision, any batch and length, cached
+atomically by content, chosen by MAS_DENOISER_RUNTIME, and named in the precision reason."""
+
+import pytest
+import torch
+
+import models.openvino_denoiser as ovd
+from models.checkpoint import TrainedModel
+from models.denoiser import DenoiserConfig, MotionDenoiser
+from models.diffusion import Diffusion
+from models.mas import MASConfig, mas_sample
+from models.precision import Bf16Denoiser, checked_precision, with_precision
+
+pytestmark = pytest.mark.skipif(not ovd.openvino_installed("int8"), reason="openvino and nncf are not installed")
+
+
+def _error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model = MotionDenoiser(DenoiserConfig(num_joints=17, latent_dim=64, ff_size=128, num_layers=2, max_len=64)).eval()
+    return TrainedModel(model, Diffusion.cosine(20), torch.zeros(17, 2), torch.full((17, 2), 0.3), "coco17", 0.5,
+                        30.0, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 0.03), ("int8", 0.05)])
+def test_openvino_denoiser_matches_pytorch_at_any_batch_and_length(trained, precision, tolerance):
+    fast = ovd.openvino_denoiser(trained.model, precision)
+    assert isinstance(fast, ovd.OpenVinoDenoiser) and fast.precision == precision
+    for batch, length in [(3, 40), (7, 64), (1, 5)]:  # one conversion: any batch and length (int8: nothing calibrated)
+        x, t = torch.randn(batch, length, 17, 2), torch.randint(0, 20, (batch,))
+        with torch.no_grad():
+            reference = trained.model(x, t)
+        out = fast(x, t)
+        assert out.dtype == torch.float32 and out.shape == reference.shape
+        assert _error(out, reference) < tolerance, (precision, batch, length)
+    if precision != "fp32":  # really the lower precision, not fp32 under another name
+        assert _error(fast(x, t), reference) > 1e-5
+
+
+def test_openvino_denoiser_refuses_padding_and_wrong_shapes(trained):
+    fast = ovd.openvino_denoiser(trained.model, "bf16")
+    x, t = torch.randn(2, 10, 17, 2), torch.tensor([0, 5])
+    fast(x, t, torch.ones(2, 10, dtype=torch.bool))  # all frames valid: fine
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[1, 7:] = False
+    with pytest.raises(ovd.DenoiserRuntimeError, match="full-length motions only.*MAS_DENOISER_RUNTIME=torch"):
+        fast(x, t, valid)
+    with pytest.raises(ValueError, match=r"built for \[\*, \*, 17, 2\] motions, got \(2, 10, 16, 2\)"):
+        fast(torch.randn(2, 10, 16, 2), t)
+    with pytest.raises(ValueError, match="65 frames exceeds the model's max_len 64"):
+        fast(torch.randn(2, 65, 17, 2), t)
+
+
+def test_conversion_is_cached_by_content_and_written_atomically(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAS_CACHE", str(tmp_path))
+    x, t = torch.randn(2, 12, 17, 2), torch.tensor([3, 17])
+    first = ovd.openvino_denoiser(trained.model, "int8")(x, t)
+    entries = list((tmp_path / "denoisers").iterdir())
+    assert [p.name for p in entries] == [ovd.cache_key(trained.model, "int8")]
+    assert sorted(p.name for p in entries[0].iterdir()) == ["denoiser.bin", "denoiser.xml"]
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this model")
+
+    monkeypatch.setattr(ovd, "convert", no_conversion)
+    _, found = ovd.load_or_convert(trained.model, "int8")
+    assert found
+    assert torch.equal(ovd.openvino_denoiser(trained.model, "int8")(x, t), first)
+    # other weights or another precision are another entry: converting them is attempted (and fails here)
+    other = MotionDenoiser(trained.model.config).eval()
+    with pytest.raises(AssertionError, match="converted again"):
+        ovd.openvino_denoiser(other, "int8")
+    with pytest.raises(AssertionError, match="converted again"):
+        ovd.openvino_denoiser(trained.model, "bf16")
+    monkeypatch.undo()
+    monkeypatch.setenv("MAS_CACHE", str(tmp_path))
+
+    import openvino as ov
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ovd.openvino_denoiser(trained.model, "bf16")
+    assert [p.name for p in (tmp_path / "denoisers").iterdir()] == [entries[0].name]  # nothing half-written kept
+
+
+def test_runtime_choice_and_reason(trained, monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(ovd.RUNTIME_ENV, raising=False)
+    assert ovd.denoiser_runtime(cpu, "bf16")[0] == ovd.denoiser_runtime(cpu, "int8")[0] == "openvino"
+    assert ovd.denoiser_runtime(cpu, "fp32")[0] == "torch" and ovd.denoiser_runtime(cuda, "bf16")[0] == "torch"
+    assert isinstance(with_precision(trained, "bf16").model, ovd.OpenVinoDenoiser)
+    _, used, reason = checked_precision(trained, "bf16")
+    assert used == "bf16" and reason.startswith("bf16: asked for; run by OpenVINO 20")
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "torch")
+    assert isinstance(with_precision(trained, "bf16").model, Bf16Denoiser)
+    assert checked_precision(trained, "bf16")[2] == "bf16: asked for; run by PyTorch (MAS_DENOISER_RUNTIME=torch)"
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "openvino")
+    with pytest.raises(ovd.DenoiserRuntimeError, match="CPU only, not on cuda.*--device cpu"):
+        ovd.denoiser_runtime(cuda, "bf16")
+    assert ovd.denoiser_runtime(cpu, "fp32")[0] == "openvino"  # asked for: fp32 too
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "onnx")
+    with pytest.raises(ovd.DenoiserRuntimeError, match="MAS_DENOISER_RUNTIME='onnx'.*auto, torch, openvino"):
+        with_precision(trained, "bf16")
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "openvino")
+    monkeypatch.setattr(ovd, "openvino_installed", lambda precision="bf16": False)
+    with pytest.raises(ovd.DenoiserRuntimeError, match="needs openvino and nncf: `pip install -e .`"):
+        ovd.denoiser_runtime(cpu, "int8")
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "auto")
+    assert ovd.denoiser_runtime(cpu, "int8") == ("torch", "PyTorch (openvino and nncf not installed)")
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_mas_through_openvino_matches_mas_through_pytorch(trained, precision, monkeypatch):
+    config = MASConfig(num_views=3)
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "torch")
+    reference = mas_sample(with_precision(trained, "fp32"), 2, 24, config, seed=3)
+    torch_fast = mas_sample(with_precision(trained, precision), 2, 24, config, seed=3)
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "openvino")
+    fast = mas_sample(with_precision(trained, precision), 2, 24, config, seed=3)
+    spread = (reference - reference.mean(dim=(1, 2), keepdim=True)).norm(dim=-1).mean()
+    assert torch.isfinite(fast).all()
+    ours = float((fast - reference).norm(dim=-1).mean() / spread)
+    theirs = float((torch_fast - reference).norm(dim=-1).mean() / spread)
+    assert 0 < ours < max(0.1, 2 * theirs)
+
+
+def test_sample_sets_record_the_runtime_and_resample_when_it_changes(synthetic_ws, monkeypatch):
+    from models.trainer import TrainConfig
+    from pipeline.sample_stage import run_sampling
+    from pipeline.train_stage import run_training
+    from storage import Catalog
+
+    tiny = TrainConfig(steps=3, batch_size=8, latent_dim=32, ff_size=64, num_layers=1, num_heads=4, max_len=32,
+                       device="cpu")  # fmt: skip
+    run_training(synthetic_ws, "synth", "runtime-run", tiny, progress=False)
+    monkeypatch.delenv(ovd.RUNTIME_ENV, raising=False)
+
+    def sample():
+        return run_sampling(synthetic_ws, "runtime-run", "rt", num_samples=2, length=16, render=0, progress=False,
+                            device="cpu", precision="int8")  # fmt: skip
+
+    through_openvino = sample()
+    record = Catalog(synthetic_ws).get("sample", "rt")
+    assert record.params["runtime"] == "openvino" and "run by OpenVINO" in record.meta["precision_reason"]
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "torch")
+    through_torch = sample()
+    assert not through_torch.skipped and "runtime" not in Catalog(synthetic_ws).get("sample", "rt").params
+    assert (through_openvino.motions != through_torch.motions).any()  # really recomputed
+    assert sample().skipped  # same runtime again: kept
