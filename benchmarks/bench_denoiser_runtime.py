@@ -17,9 +17,11 @@ the same input (noise at random steps), and, for a trained checkpoint, the same 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
+from unittest import mock
 
 import torch
 
@@ -72,51 +74,30 @@ def compare(trained, samples: int, frames: int, rounds: int, repeats: int) -> li
             for name, runner in runners.items():
                 timings[name] += times_ms(lambda runner=runner: runner(x, t), repeats)
         for name, runner in runners.items():
-            check = precision_error(trained, _with(trained, runner))
+            check = precision_error(trained, dataclasses.replace(trained, model=runner))
             rows.append({"precision": precision, "runtime": name, "ms": timings[name], "error": error(runner(x, t),
                          reference), "check": check})  # fmt: skip
     return rows
 
 
-def _with(trained, model):
-    import dataclasses
-
-    return dataclasses.replace(trained, model=model)
-
-
 def conversion_seconds(trained) -> dict[str, tuple[float, float]]:
     """Cold (empty cache) and cached seconds to get the OpenVINO denoiser, per precision."""
     out = {}
-    previous = os.environ.get("MAS_CACHE")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["MAS_CACHE"] = cache
-        try:
-            for precision in ("bf16", "int8"):
-                start = time.perf_counter()
-                openvino_denoiser(trained.model, precision)
-                cold = time.perf_counter() - start
-                start = time.perf_counter()
-                openvino_denoiser(trained.model, precision)
-                out[precision] = (cold, time.perf_counter() - start)
-        finally:
-            if previous is None:
-                os.environ.pop("MAS_CACHE", None)
-            else:
-                os.environ["MAS_CACHE"] = previous
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"MAS_CACHE": cache}):
+        for precision in ("bf16", "int8"):
+            start = time.perf_counter()
+            openvino_denoiser(trained.model, precision)
+            cold = time.perf_counter() - start
+            start = time.perf_counter()
+            openvino_denoiser(trained.model, precision)
+            out[precision] = (cold, time.perf_counter() - start)
     return out
 
 
 def auto_choice(trained, samples: int, frames: int, runtime: str) -> tuple[str, str]:
     """``(precision, why)`` that ``auto`` picks for this pass with ``runtime``."""
-    previous = os.environ.get(RUNTIME_ENV)
-    os.environ[RUNTIME_ENV] = runtime
-    try:
+    with mock.patch.dict(os.environ, {RUNTIME_ENV: runtime}):
         _, used, reason = checked_precision(trained, "auto", pass_tokens(trained, samples, frames, VIEWS))
-    finally:
-        if previous is None:
-            os.environ.pop(RUNTIME_ENV, None)
-        else:
-            os.environ[RUNTIME_ENV] = previous
     return used, reason
 
 
