@@ -162,7 +162,11 @@ def load_or_convert(model: MotionDenoiser, precision: str) -> tuple[object, bool
     core = ov.Core()
     if xml.is_file() and (folder / "denoiser.bin").is_file():
         return core.read_model(str(xml)), True
-    converted = convert(model, precision)
+    try:
+        converted = convert(model, precision)
+    except Exception as exc:  # a conversion failure is OpenVINO's or NNCF's, whatever its type: name the way out
+        raise DenoiserRuntimeError(f"OpenVINO could not convert the denoiser to {precision} ({type(exc).__name__}: "
+                                   f"{exc}); set {RUNTIME_ENV}=torch to sample through PyTorch") from exc  # fmt: skip
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
