@@ -140,10 +140,13 @@ def main() -> None:
                          f"{min_median_max(row['ms'], '.1f')} | {speed:.2f}x | {row['error']:.2%} | "
                          f"{row['check']:.2%} |")  # fmt: skip
         picks = {name: auto_choice(trained, samples, frames, env) for name, env in RUNTIMES.items()}
-        fastest = {name: min(min(r["ms"]) for r in rows if r["runtime"] == name and r["precision"] == used)
-                   for name, (used, _) in picks.items()}  # fmt: skip
+        fastest = {  # None where auto settled on fp32, which is not timed here
+            name: min((min(r["ms"]) for r in rows if r["runtime"] == name and r["precision"] == used), default=None)
+            for name, (used, _) in picks.items()
+        }
+        pick_speed = f"{fastest['PyTorch'] / fastest['OpenVINO']:.2f}x" if None not in fastest.values() else "-"
         choices.append(f"| {name} | {samples} x 5 x {frames} | {picks['PyTorch'][0]} | {picks['OpenVINO'][0]} | "
-                       f"{fastest['PyTorch'] / fastest['OpenVINO']:.2f}x | {picks['OpenVINO'][1]} |")  # fmt: skip
+                       f"{pick_speed} | {picks['OpenVINO'][1]} |")  # fmt: skip
     lines += ["", "What `auto` picks with each runtime (after its check against fp32), and the speed-up of its pick "
               "through OpenVINO over its pick through PyTorch (fastest passes above):", "",
               "| model | MAS pass | auto, PyTorch | auto, OpenVINO | speed-up | why (OpenVINO) |",

@@ -10,7 +10,7 @@ precision:
   NNCF, OpenVINO's compressor), activations quantised when each pass runs (groups of
   :data:`ACTIVATION_GROUP_SIZE` values), so nothing is calibrated and any batch or length is fine; the rest runs in
   bf16 where the CPU computes it natively.
-- ``fp32``: the converted model in fp32 (for comparisons; ``auto`` never picks it here).
+- ``fp32``: the converted model in fp32, to check the conversion (sampling in fp32 stays with PyTorch).
 
 The converted model is kept in the cache (``MAS_CACHE``/denoisers, keyed by the weights, the precision and the library
 versions), written to a temporary folder and renamed, so a later process loads it in well under a second and a crash
@@ -28,8 +28,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import denoiser as denoiser_module
 from models.denoiser import MotionDenoiser
 from models.hardware import cpu_native_bf16
-from pipeline.assets import cache_dir
+from pipeline.assets import cache_dir, cache_entry
 
 RUNTIMES = ("auto", "torch", "openvino")
 RUNTIME_ENV = "MAS_DENOISER_RUNTIME"
@@ -59,7 +58,8 @@ def openvino_installed(precision: str = "bf16") -> bool:
 
 def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
     """``(runtime, why)`` for sampling on ``device`` in ``precision`` (int8 / bf16 / fp32), from
-    ``MAS_DENOISER_RUNTIME``. ``auto``: OpenVINO for int8 and bf16 on a CPU where it is installed, else PyTorch."""
+    ``MAS_DENOISER_RUNTIME``: OpenVINO for int8, and for bf16 where the CPU computes it natively, on a CPU where it is
+    installed (unless ``torch`` is asked for); PyTorch otherwise, and for fp32."""
     requested = os.environ.get(RUNTIME_ENV, "auto") or "auto"
     if requested not in RUNTIMES:
         raise DenoiserRuntimeError(f"{RUNTIME_ENV}={requested!r} is not a denoiser runtime; use one of "
@@ -77,8 +77,13 @@ def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
             raise DenoiserRuntimeError(f"{RUNTIME_ENV}=openvino needs {package}: `pip install -e .` installs them "
                                        f"(or set {RUNTIME_ENV}=torch)")  # fmt: skip
         return "torch", f"PyTorch ({package} not installed)"
-    if requested == "auto" and precision == "fp32":
-        return "torch", "PyTorch (fp32 is not faster through OpenVINO here)"
+    if precision == "fp32":
+        return "torch", "PyTorch (fp32 samples through PyTorch)"
+    if precision == "bf16" and not cpu_native_bf16():  # OpenVINO would silently compute it in fp32 here
+        if requested == "openvino":
+            raise DenoiserRuntimeError(f"{RUNTIME_ENV}=openvino computes bf16 only on a CPU with native bf16 "
+                                       f"(AVX512-BF16/AMX); use --precision int8 or {RUNTIME_ENV}=torch")  # fmt: skip
+        return "torch", "PyTorch (OpenVINO computes bf16 only where the CPU does natively)"
     return "openvino", f"OpenVINO {importlib.metadata.version('openvino')} ({RUNTIME_ENV}={requested})"
 
 
@@ -113,16 +118,26 @@ class OpenVinoDenoiser(nn.Module):
 
 
 def cache_key(model: MotionDenoiser, precision: str) -> str:
-    """The converted model's identity: weights, configuration, precision (its recipe) and library versions."""
+    """The converted model's identity: weights, configuration, precision (its recipe), the denoiser's and the
+    conversion's code, and library versions."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     versions = {name: _version(name) for name in ("openvino", "nncf", "torch")}
-    meta = {"config": model.config.to_dict(), "precision": precision, "versions": versions}
+    meta = {"config": model.config.to_dict(), "precision": precision, "versions": versions, "code": _code_hash()}
     if precision == "int8":
         meta["int8"] = INT8_RECIPE
     digest.update(json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _code_hash() -> str:
+    """The code that defines what is traced (the denoiser's forward pass and position table) and how it is converted
+    (this module): a change to either makes every cached conversion stale."""
+    digest = hashlib.sha256()
+    for path in (denoiser_module.__file__, __file__):
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 
@@ -153,31 +168,29 @@ def convert(model: MotionDenoiser, precision: str):
         return nncf.compress_weights(converted, mode=nncf.CompressWeightsMode.INT8_SYM)
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "denoiser.xml").is_file() and (folder / "denoiser.bin").is_file()
+
+
 def load_or_convert(model: MotionDenoiser, precision: str) -> tuple[object, bool]:
-    """``(OpenVINO model, found in the cache)``; a new conversion is written atomically to the cache."""
+    """``(OpenVINO model, found in the cache)``; a new conversion is written atomically to the cache (a cache that
+    cannot be written costs a conversion next time, with a warning, not the run)."""
     import openvino as ov
 
     folder = cache_dir() / "denoisers" / cache_key(model, precision)
-    xml = folder / "denoiser.xml"
-    core = ov.Core()
-    if xml.is_file() and (folder / "denoiser.bin").is_file():
-        return core.read_model(str(xml)), True
+    if _complete(folder):
+        return ov.Core().read_model(str(folder / "denoiser.xml")), True
     try:
         converted = convert(model, precision)
     except Exception as exc:  # a conversion failure is OpenVINO's or NNCF's, whatever its type: name the way out
         raise DenoiserRuntimeError(f"OpenVINO could not convert the denoiser to {precision} ({type(exc).__name__}: "
                                    f"{exc}); set {RUNTIME_ENV}=torch to sample through PyTorch") from exc  # fmt: skip
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
-        ov.save_model(converted, str(staging / "denoiser.xml"), compress_to_fp16=False)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process cached the same model first
-            if not xml.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with cache_entry(folder, _complete) as staging:
+            ov.save_model(converted, str(staging / "denoiser.xml"), compress_to_fp16=False)
+    except OSError as exc:
+        warnings.warn(f"the converted denoiser could not be kept in {folder.parent} ({exc}); it is converted again "
+                      "next time", stacklevel=2)  # fmt: skip
     return converted, False
 
 

@@ -43,10 +43,10 @@ def _candidates(
     if device.type != "cpu":
         return []
     if cpu_native_bf16():
-        bf16 = ("bf16", "bf16 autocast: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")
+        bf16 = ("bf16", "bf16: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")
         if denoiser_runtime(device, "int8")[0] == "openvino":
             why = "int8: through OpenVINO, faster than bf16 at every pass size measured here (denoiser_runtime.md)"
-            return [("int8", why), ("bf16", "bf16: this CPU computes bf16 natively (AVX512-BF16/AMX/FEAT_BF16)")]
+            return [("int8", why), bf16]
         small = pass_tokens is not None and width is not None and pass_tokens < INT8_TOKENS_PER_WIDTH * width
         if small and int8_available():
             return [("int8", f"int8 linear layers: this CPU computes bf16 natively, but int8 is faster for passes "

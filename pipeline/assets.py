@@ -21,6 +21,8 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,6 +46,27 @@ class AssetError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MAS_CACHE", Path.home() / ".cache" / "mas-pipeline"))
+
+
+@contextmanager
+def cache_entry(target: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """A staging folder beside the cache folder ``target``, renamed to ``target`` (readable by all) when the block
+    ends without an error and removed in any case, so a crash never leaves half an entry that a later run trusts.
+    A complete ``target`` that another process renamed first is kept; an incomplete one is replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        if target.exists() and not complete(target):
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same entry first: keep its copy
+            if not complete(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def wheel_file(package: str, version: str, member: str) -> Path:

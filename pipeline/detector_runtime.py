@@ -14,10 +14,9 @@ import ast
 import importlib.metadata
 import importlib.util
 import shutil
-import tempfile
 from pathlib import Path
 
-from pipeline.assets import cache_dir
+from pipeline.assets import cache_dir, cache_entry
 from storage.hashing import file_sha256
 
 EXPORT_FORMATS = {"openvino": ("openvino", "openvino"), "onnx": ("onnx", "onnxruntime")}  # runtime: (format, module)
@@ -84,30 +83,19 @@ def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
     target = _export_dir(weights, runtime, imgsz)
     if (finished := _finished(target)) is not None:
         return finished
-    work = None
     try:
         from ultralytics import YOLO
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-
-        copy = work / "model.pt"
-        shutil.copyfile(weights, copy)
-        # the .pt file was checked (or trusted) when the caller loaded it; the export reads the same bytes
-        exported = Path(YOLO(str(copy)).export(format=fmt, imgsz=imgsz, dynamic=True, verbose=False))
-        relative = exported.relative_to(work)
-        (work / "export.done").write_text(str(target / relative))
-        try:
-            work.rename(target)
-        except OSError:  # another process finished the same export first: keep its copy
-            if _finished(target) is None:
-                raise
+        with cache_entry(target, lambda folder: _finished(folder) is not None) as work:
+            copy = work / "model.pt"
+            shutil.copyfile(weights, copy)
+            # the .pt file was checked (or trusted) when the caller loaded it; the export reads the same bytes
+            exported = Path(YOLO(str(copy)).export(format=fmt, imgsz=imgsz, dynamic=True, verbose=False))
+            relative = exported.relative_to(work)
+            (work / "export.done").write_text(str(target / relative))
     except Exception as exc:
         raise RuntimeUnavailable(f"exporting {weights} to {runtime} failed ({type(exc).__name__}: {exc}); set "
                                  "detector.runtime: torch to track with the PyTorch weights") from exc  # fmt: skip
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
     return _finished(target)
 
 

@@ -21,6 +21,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import prefect.main  # noqa: E402, F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def denoiser_cache(tmp_path_factory):
+    """OpenVINO conversions of the tests' denoisers go to a folder of this session, not the user's cache (the wheels
+    and exports there stay shared); processes the tests start use the user's cache as users do."""
+    import models.openvino_denoiser as ovd
+
+    folder = tmp_path_factory.mktemp("mas-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ovd, "cache_dir", lambda: folder)
+        yield folder
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -54,13 +54,19 @@ def test_int8_denoiser_matches_fp32_with_and_without_padding(default_model):
         assert isinstance(getattr(fast.encoder.layers[0], name), torch.ao.nn.quantized.dynamic.Linear)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
-def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, precision):
+def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, precision, runtime, monkeypatch):
+    if runtime == "openvino" and precision == "bf16" and not cpu_native_bf16():
+        pytest.skip("OpenVINO computes bf16 only on a CPU with native bf16")
+    monkeypatch.setenv("MAS_DENOISER_RUNTIME", runtime)
     trained = TrainedModel(default_model, Diffusion.cosine(20), torch.zeros(17, 2), torch.full((17, 2), 0.3),
                            "coco17", 0.5, 30.0, 0)  # fmt: skip
     config = MASConfig(num_views=3)
     reference = mas_sample(trained, 2, 24, config, seed=3)
-    fast = mas_sample(with_precision(trained, precision), 2, 24, config, seed=3)
+    lowered = with_precision(trained, precision)
+    assert getattr(lowered.model, "runtime", "torch") == runtime
+    fast = mas_sample(lowered, 2, 24, config, seed=3)
     spread = (reference - reference.mean(dim=(1, 2), keepdim=True)).norm(dim=-1).mean()
     assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
     assert 0 < (fast - reference).norm(dim=-1).mean() / spread < 0.1
@@ -68,6 +74,7 @@ def test_mas_samples_in_lower_precision_stay_close_to_fp32_ones(default_model, p
 
 def test_precision_resolution_and_errors(default_model, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("MAS_DENOISER_RUNTIME", raising=False)
     assert resolve_precision("auto", cpu) == "int8"  # through OpenVINO (installed), with or without native bf16
     monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_native_bf16() else "int8")
@@ -108,6 +115,7 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     import models.precision as precision
 
     cpu = torch.device("cpu")
+    monkeypatch.delenv("MAS_DENOISER_RUNTIME", raising=False)
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags or " bf16" in flags)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
@@ -131,7 +139,8 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     monkeypatch.setattr(precision, "AUTO_TOLERANCE", (errors["bf16"] + errors["int8"]) / 2)
     fast, used, reason = checked_precision(trained, "auto", 5 * 121)
     assert used == "bf16" and isinstance(fast.model, precision.Bf16Denoiser)
-    assert reason.startswith("auto → bf16 autocast") and "; int8 changed this model's denoiser output" in reason
+    assert reason.startswith("auto → bf16: this CPU") and "; int8 changed this model's denoiser output" in reason
+    assert "run by PyTorch (MAS_DENOISER_RUNTIME=torch)" in reason
     monkeypatch.undo()
     monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
