@@ -28,10 +28,9 @@ import torch
 from benchmarks.bench_sampling import model_of
 from benchmarks.common import min_median_max, write_result
 from models.denoiser import DenoiserConfig
-from models.int8 import quantize_denoiser
 from models.mas import pass_tokens
 from models.openvino_denoiser import RUNTIME_ENV, openvino_denoiser
-from models.precision import Bf16Denoiser, checked_precision, precision_error
+from models.precision import checked_precision, precision_error, with_precision
 
 BENCH = DenoiserConfig(num_joints=17, latent_dim=128, ff_size=256, num_layers=2, max_len=60)
 DEFAULT = DenoiserConfig(num_joints=17, max_len=120)
@@ -39,8 +38,10 @@ VIEWS = 5
 RUNTIMES = {"PyTorch": "torch", "OpenVINO": "openvino"}  # label: MAS_DENOISER_RUNTIME
 
 
-def torch_model(model, precision: str):
-    return quantize_denoiser(model) if precision == "int8" else Bf16Denoiser(model)
+def runtime_model(trained, precision: str, runtime: str):
+    """The denoiser in ``precision`` as sampling gets it with ``MAS_DENOISER_RUNTIME=runtime``."""
+    with mock.patch.dict(os.environ, {RUNTIME_ENV: runtime}):
+        return with_precision(trained, precision).model
 
 
 def times_ms(fn, repeats: int) -> list[float]:
@@ -66,7 +67,7 @@ def compare(trained, samples: int, frames: int, rounds: int, repeats: int) -> li
     reference = model(x, t)
     rows = []
     for precision in ("bf16", "int8"):
-        runners = {"PyTorch": torch_model(model, precision), "OpenVINO": openvino_denoiser(model, precision)}
+        runners = {label: runtime_model(trained, precision, runtime) for label, runtime in RUNTIMES.items()}
         timings: dict[str, list[float]] = {name: [] for name in runners}
         for runner in runners.values():
             runner(x, t)  # warm-up

@@ -27,6 +27,14 @@ class DenoiserConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_motions(self, shape) -> None:
+        """A clear error unless ``shape`` is ``[B, L, num_joints, num_feats]`` with L at most ``max_len``."""
+        if len(shape) != 4 or tuple(shape[2:]) != (self.num_joints, self.num_feats):
+            raise ValueError(f"denoiser built for [*, *, {self.num_joints}, {self.num_feats}] motions, got "
+                             f"{tuple(shape)}")  # fmt: skip
+        if shape[1] > self.max_len:
+            raise ValueError(f"motion of {shape[1]} frames exceeds the model's max_len {self.max_len}")
+
 
 def sinusoidal_embedding(position: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal features ``[..., dim]`` of (integer or real) positions ``[...]``."""
@@ -58,14 +66,8 @@ class MotionDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Predict x0 from ``x [B, L, J, F]`` at timesteps ``t [B]``; ``valid [B, L]`` marks real frames."""
+        self.config.check_motions(x.shape)
         batch, length, joints, feats = x.shape
-        cfg = self.config
-        if joints != cfg.num_joints or feats != cfg.num_feats:
-            raise ValueError(
-                f"denoiser built for [*, *, {cfg.num_joints}, {cfg.num_feats}] motions, got {tuple(x.shape)}"
-            )
-        if length > cfg.max_len:
-            raise ValueError(f"motion of {length} frames exceeds the model's max_len {cfg.max_len}")
         frames = self.input_proj(x.reshape(batch, length, joints * feats))
         time_token = self.time_mlp(sinusoidal_embedding(t, self.config.latent_dim).to(frames.dtype)).unsqueeze(1)
         tokens = torch.cat([time_token, frames], dim=1) + self.positions[: length + 1]

@@ -60,6 +60,8 @@ def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
     """``(runtime, why)`` for sampling on ``device`` in ``precision`` (int8 / bf16 / fp32), from
     ``MAS_DENOISER_RUNTIME``: OpenVINO for int8, and for bf16 where the CPU computes it natively, on a CPU where it is
     installed (unless ``torch`` is asked for); PyTorch otherwise, and for fp32."""
+    if precision == "fp32":
+        return "torch", "PyTorch (fp32 samples through PyTorch)"
     requested = os.environ.get(RUNTIME_ENV, "auto") or "auto"
     if requested not in RUNTIMES:
         raise DenoiserRuntimeError(f"{RUNTIME_ENV}={requested!r} is not a denoiser runtime; use one of "
@@ -77,8 +79,6 @@ def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
             raise DenoiserRuntimeError(f"{RUNTIME_ENV}=openvino needs {package}: `pip install -e .` installs them "
                                        f"(or set {RUNTIME_ENV}=torch)")  # fmt: skip
         return "torch", f"PyTorch ({package} not installed)"
-    if precision == "fp32":
-        return "torch", "PyTorch (fp32 samples through PyTorch)"
     if precision == "bf16" and not cpu_native_bf16():  # OpenVINO would silently compute it in fp32 here
         if requested == "openvino":
             raise DenoiserRuntimeError(f"{RUNTIME_ENV}=openvino computes bf16 only on a CPU with native bf16 "
@@ -106,12 +106,7 @@ class OpenVinoDenoiser(nn.Module):
                                        f"not all true) need {RUNTIME_ENV}=torch")  # fmt: skip
         if x.device.type != "cpu":
             raise DenoiserRuntimeError(f"the OpenVINO denoiser runs on the CPU; got a tensor on {x.device}")
-        cfg = self.config
-        if x.dim() != 4 or x.shape[2:] != (cfg.num_joints, cfg.num_feats):
-            raise ValueError(f"denoiser built for [*, *, {cfg.num_joints}, {cfg.num_feats}] motions, got "
-                             f"{tuple(x.shape)}")  # fmt: skip
-        if x.shape[1] > cfg.max_len:
-            raise ValueError(f"motion of {x.shape[1]} frames exceeds the model's max_len {cfg.max_len}")
+        self.config.check_motions(x.shape)
         inputs = [np.ascontiguousarray(x.detach().float().numpy()), t.detach().long().numpy()]
         out = self._request.infer(inputs)[self._compiled.output(0)]
         return torch.from_numpy(np.array(out, dtype=np.float32))

@@ -119,7 +119,7 @@ def with_precision(trained: TrainedModel, precision: str, pass_tokens: int | Non
 def cache_params(device: torch.device, precision: str) -> dict:
     """What identifies the arithmetic of ``precision`` on ``device`` in a stage's cache key: the precision, and the
     runtime where it is not PyTorch (so keys made before the OpenVINO runtime existed still hold for PyTorch)."""
-    runtime = "torch" if precision == "fp32" else denoiser_runtime(device, precision)[0]
+    runtime = denoiser_runtime(device, precision)[0]
     return {"precision": precision} | ({} if runtime == "torch" else {"runtime": runtime})
 
 
