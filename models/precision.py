@@ -34,6 +34,12 @@ AUTO_TOLERANCE = 0.03  # relative error of the denoiser's output that auto accep
 INT8_TOKENS_PER_WIDTH = 20
 
 
+def _int8_runs(device: torch.device) -> bool:
+    """Whether int8 can run on ``device`` (a CPU): through OpenVINO where it takes int8, else with this PyTorch
+    build's quantised kernels."""
+    return denoiser_runtime(device, "int8")[0] == "openvino" or int8_available()
+
+
 def _candidates(
     device: torch.device, pass_tokens: int | None = None, width: int | None = None
 ) -> list[tuple[str, str]]:
@@ -53,7 +59,7 @@ def _candidates(
                              f"of {pass_tokens} tokens (under {INT8_TOKENS_PER_WIDTH} x the model's width, {width})"),
                     bf16]  # fmt: skip
         return [bf16]
-    if int8_available():
+    if _int8_runs(device):
         return [("int8", "int8 linear layers: this CPU has no native bf16, and int8 is the fastest it has")]
     return []
 
@@ -95,10 +101,11 @@ def resolve_precision(
         return _auto(device, pass_tokens, width)[0]
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(f"int8 inference runs on the CPU only, not on {device}; use --precision fp32 or bf16")
-    if precision == "int8" and not int8_available():
+    if precision == "int8" and not _int8_runs(device):
         raise PrecisionError(
-            "this PyTorch build has no quantised CPU kernels (torch.ops.quantized.linear_dynamic); "
-            "use --precision fp32 or install the pinned torch==2.14.1"
+            "int8 cannot run here: OpenVINO does not compute it (not installed, or MAS_DENOISER_RUNTIME=torch) and "
+            "this PyTorch build has no quantised CPU kernels (torch.ops.quantized.linear_dynamic); use --precision "
+            "fp32, or install the project's dependencies (`pip install -e .`: openvino, nncf, the pinned torch==2.14.1)"
         )
     return precision
 

@@ -157,6 +157,26 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     assert used == "int8"
 
 
+def test_int8_through_openvino_needs_no_torch_quantised_kernels(default_model, monkeypatch):
+    """A PyTorch build without quantised kernels still samples in int8 where OpenVINO computes it; with neither, int8
+    is refused naming both ways out, and auto falls back instead of picking it."""
+    import models.precision as precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "int8_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    monkeypatch.delenv("MAS_DENOISER_RUNTIME", raising=False)
+    assert resolve_precision("int8", cpu) == resolve_precision("auto", cpu) == "int8"
+    trained = TrainedModel(default_model, Diffusion.cosine(10), torch.zeros(17, 2), torch.ones(17, 2), "coco17",
+                           0.5, 30.0, 0)  # fmt: skip
+    fast, used, reason = checked_precision(trained, "int8")
+    assert used == "int8" and fast.model.runtime == "openvino" and "run by OpenVINO" in reason
+    monkeypatch.setenv("MAS_DENOISER_RUNTIME", "torch")
+    with pytest.raises(PrecisionError, match="int8 cannot run here.*MAS_DENOISER_RUNTIME=torch.*--precision fp32"):
+        resolve_precision("int8", cpu)
+    assert resolve_precision("auto", cpu) == "fp32"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_precision_on_cpu(synthetic_ws, precision):
     from pipeline.train_stage import run_training
