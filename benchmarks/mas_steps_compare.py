@@ -15,6 +15,7 @@ python -m benchmarks.mas_steps_compare --workspace /tmp/b3d/ws --steps 100,75 --
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import sys
@@ -37,7 +38,9 @@ def ran_by(reason: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", required=True)
-    parser.add_argument("--run", default="bench-model")
+    parser.add_argument("--run", default="bench-model",
+                        help="trained run; comma-separated runs of one dataset are sampled alike and scored together "
+                             "(the first one's plain 2D row is the reference)")  # fmt: skip
     parser.add_argument("--steps", default="100,50", help="comma-separated respaced step counts (first: today's)")
     parser.add_argument("--runtimes", default="torch", help="comma-separated denoiser runtimes (MAS_DENOISER_RUNTIME)")
     parser.add_argument("--n", type=int, default=1000)
@@ -54,27 +57,29 @@ def main() -> None:
     if unknown := set(runtimes) - set(RUNTIMES):
         parser.error(f"unknown runtimes {sorted(unknown)}; use {', '.join(RUNTIMES)}")
     names, seconds = [], {}
-    for runtime in runtimes:
-        for steps in (int(s) for s in args.steps.split(",")):
-            name = f"{args.run}-n{total}-steps{steps}" + ("" if runtime == "torch" else f"-{runtime}")
-            os.environ[RUNTIME_ENV] = runtime
-            result = run_sampling(ws, args.run, name, num_samples=total, length=args.length,
-                                  mas=MASConfig(steps=steps), render=0, progress=False)  # fmt: skip
-            names.append(name)
-            seconds[name] = ("found sampled" if result.skipped else f"{result.seconds:.0f} s") + (
-                f" ({result.precision}, {ran_by(result.precision_reason)})"
-            )
+    runs = args.run.split(",")
+    for run, runtime, steps in itertools.product(runs, runtimes, (int(s) for s in args.steps.split(","))):
+        name = f"{run}-n{total}-steps{steps}" + ("" if runtime == "torch" else f"-{runtime}")
+        os.environ[RUNTIME_ENV] = runtime
+        result = run_sampling(ws, run, name, num_samples=total, length=args.length, mas=MASConfig(steps=steps),
+                              render=0, progress=False)  # fmt: skip
+        names.append(name)
+        seconds[name] = ("found sampled" if result.skipped else f"{result.seconds:.0f} s") + (
+            f" ({result.precision}, {ran_by(result.precision_reason)})"
+        )
     evaluator = EvaluatorConfig(num_joints=1, num_layers=args.evaluator_layers, latent_dim=args.evaluator_dim,
                                 ff_size=args.evaluator_ff)  # fmt: skip
-    evaluation = run_evaluation(ws, args.run, f"{args.run}-steps-compare", names, length=args.length, n=args.n,
+    evaluation = run_evaluation(ws, runs[0], f"{runs[0]}-steps-compare", names, length=args.length, n=args.n,
                                 repeats=args.repeats, evaluator=evaluator, evaluator_max_steps=args.evaluator_steps,
                                 sds_baseline=False, progress=False)  # fmt: skip
     body = [f"Command: `python -m benchmarks.mas_steps_compare {shlex.join(sys.argv[1:])}`", "",
-            f"Run `{args.run}`; {total} MAS samples per set (5 views, seed 0), sampling time (precision, runtime): "
+            ("Runs " if len(runs) > 1 else "Run ") + ", ".join(f"`{r}`" for r in runs)
+            + f"; {total} MAS samples per set (5 views, seed 0), sampling time (precision, runtime): "
             + ", ".join(f"`{k}` {v}" for k, v in seconds.items()) + ".", "",
             markdown_report(evaluation.table, evaluation.warnings)]  # fmt: skip
     steps = "" if args.steps == "100,50" else "_steps" + args.steps.replace(",", "-")  # the first file's name kept
     steps += "" if args.runtimes == "torch" else "_runtimes-" + args.runtimes.replace(",", "-")
+    steps += "" if len(runs) == 1 else "_runs-" + "-".join(runs)
     write_result(f"mas_steps_compare{steps}_n{args.n}x{args.repeats}", "MAS respaced steps and denoiser runtimes "
                  "against the model's own steps, scored side by side", "\n".join(body))  # fmt: skip
 
