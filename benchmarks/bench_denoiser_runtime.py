@@ -1,10 +1,14 @@
 """A denoiser pass through PyTorch against the same pass through OpenVINO (``models/openvino_denoiser.py``), per
-precision and pass size, and what ``auto`` picks with each runtime. Writes ``benchmarks/results/denoiser_runtime.md``.
+precision and pass size, against fp32 through PyTorch, and what ``auto`` picks with each runtime. Writes
+``benchmarks/results/denoiser_runtime.md`` on a CPU with int8 dot products (VNNI/AMX), else
+``denoiser_runtime_no_int8_dot.md``; bf16 is measured where the CPU computes it natively (elsewhere OpenVINO refuses it
+and PyTorch emulates it, many times slower than fp32).
 
 Cases (the passes sampling makes): the procedural benchmark's model (2 layers, 128 d; its trained checkpoint with
 ``--workspace``/``--run``, else random weights) in a MAS pass of 64 samples x 5 views of 60 frames (an evaluation's
-sampling), and the default model's size (8 layers, 512 d; random weights, which time does not depend on) in MAS
-passes of 1 and 8 samples x 5 views of 120 frames (8: the most a CPU pass holds, ``models.mas.sample_chunk``).
+sampling), a middle size (4 layers, 256 d; random weights) in a pass of 32 x 5 x 60 (the same activation elements),
+and the default model's size (8 layers, 512 d; random weights, which time does not depend on) in MAS passes of 1 and
+8 samples x 5 views of 120 frames (8: the most a CPU pass holds, ``models.mas.sample_chunk``).
 Rounds interleave the runtimes; each pass is timed
 ``--repeats`` times per round after a warm-up. The error is the pass's relative distance to the fp32 PyTorch pass on
 the same input (noise at random steps), and, for a trained checkpoint, the same error on the precision check's batch
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 from unittest import mock
@@ -26,22 +31,33 @@ from unittest import mock
 import torch
 
 from benchmarks.bench_sampling import model_of
-from benchmarks.common import min_median_max, write_result
+from benchmarks.common import cpu_kind_suffix, min_median_max, write_result
 from models.denoiser import DenoiserConfig
+from models.hardware import cpu_int8_dot_product, cpu_native_bf16
 from models.mas import pass_tokens
-from models.openvino_denoiser import RUNTIME_ENV, openvino_denoiser
+from models.openvino_denoiser import RUNTIME_ENV, denoiser_runtime, openvino_denoiser
 from models.precision import checked_precision, precision_error, with_precision
 
 BENCH = DenoiserConfig(num_joints=17, latent_dim=128, ff_size=256, num_layers=2, max_len=60)
+MIDDLE = DenoiserConfig(num_joints=17, latent_dim=256, ff_size=512, num_layers=4, max_len=60)
 DEFAULT = DenoiserConfig(num_joints=17, max_len=120)
 VIEWS = 5
 RUNTIMES = {"PyTorch": "torch", "OpenVINO": "openvino"}  # label: MAS_DENOISER_RUNTIME
+LABELS = {runtime: label for label, runtime in RUNTIMES.items()}
 
 
 def runtime_model(trained, precision: str, runtime: str):
-    """The denoiser in ``precision`` as sampling gets it with ``MAS_DENOISER_RUNTIME=runtime``."""
+    """The denoiser in ``precision`` as sampling gets it with ``MAS_DENOISER_RUNTIME=runtime`` (fp32 through OpenVINO,
+    which sampling never uses, compiled directly: the runtimes' own speed without any quantisation)."""
+    if precision == "fp32" and runtime == "openvino":
+        return openvino_denoiser(trained.model, "fp32")
     with mock.patch.dict(os.environ, {RUNTIME_ENV: runtime}):
         return with_precision(trained, precision).model
+
+
+def precisions_here() -> tuple[str, ...]:
+    """fp32 and int8 everywhere, bf16 where this CPU computes it natively."""
+    return ("fp32", "int8", "bf16") if cpu_native_bf16() else ("fp32", "int8")
 
 
 def times_ms(fn, repeats: int) -> list[float]:
@@ -65,19 +81,19 @@ def compare(trained, samples: int, frames: int, rounds: int, repeats: int) -> li
     x = torch.randn(motions, frames, model.config.num_joints, 2, generator=generator)
     t = torch.randint(0, trained.diffusion.num_steps, (motions,), generator=generator)
     reference = model(x, t)
+    runners = {(precision, label): runtime_model(trained, precision, runtime)
+               for precision in precisions_here() for label, runtime in RUNTIMES.items()}  # fmt: skip
+    timings: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for runner in runners.values():
+        runner(x, t)  # warm-up
+    for _ in range(rounds):  # every round times every precision and runtime in turn (the host's load drifts)
+        for key, runner in runners.items():
+            timings[key] += times_ms(lambda runner=runner: runner(x, t), repeats)
     rows = []
-    for precision in ("bf16", "int8"):
-        runners = {label: runtime_model(trained, precision, runtime) for label, runtime in RUNTIMES.items()}
-        timings: dict[str, list[float]] = {name: [] for name in runners}
-        for runner in runners.values():
-            runner(x, t)  # warm-up
-        for _ in range(rounds):
-            for name, runner in runners.items():
-                timings[name] += times_ms(lambda runner=runner: runner(x, t), repeats)
-        for name, runner in runners.items():
-            check = precision_error(trained, dataclasses.replace(trained, model=runner))
-            rows.append({"precision": precision, "runtime": name, "ms": timings[name], "error": error(runner(x, t),
-                         reference), "check": check})  # fmt: skip
+    for (precision, name), runner in runners.items():
+        check = precision_error(trained, dataclasses.replace(trained, model=runner))
+        rows.append({"precision": precision, "runtime": name, "ms": timings[precision, name],
+                     "error": error(runner(x, t), reference), "check": check})  # fmt: skip
     return rows
 
 
@@ -85,7 +101,7 @@ def conversion_seconds(trained) -> dict[str, tuple[float, float]]:
     """Cold (empty cache) and cached seconds to get the OpenVINO denoiser, per precision."""
     out = {}
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"MAS_CACHE": cache}):
-        for precision in ("bf16", "int8"):
+        for precision in precisions_here():
             start = time.perf_counter()
             openvino_denoiser(trained.model, precision)
             cold = time.perf_counter() - start
@@ -95,11 +111,12 @@ def conversion_seconds(trained) -> dict[str, tuple[float, float]]:
     return out
 
 
-def auto_choice(trained, samples: int, frames: int, runtime: str) -> tuple[str, str]:
-    """``(precision, why)`` that ``auto`` picks for this pass with ``runtime``."""
+def auto_choice(trained, samples: int, frames: int, runtime: str) -> tuple[str, str, str]:
+    """``(precision, runtime label, why)`` that ``auto`` picks for this pass with ``MAS_DENOISER_RUNTIME=runtime``."""
     with mock.patch.dict(os.environ, {RUNTIME_ENV: runtime}):
         _, used, reason = checked_precision(trained, "auto", pass_tokens(trained, samples, frames, VIEWS))
-    return used, reason
+        ran = denoiser_runtime(trained.device, used)[0]
+    return used, LABELS[ran], reason
 
 
 def main() -> None:
@@ -121,44 +138,55 @@ def main() -> None:
     default_name = "default size, 8 layers, 512 d"
     cases = [
         (bench_name + ", 2 layers, 128 d", bench, 64, 60),
+        ("middle size, 4 layers, 256 d", model_of(MIDDLE, cpu), 32, 60),
         (default_name, default, 1, 120),
         (default_name, default, 8, 120),
     ]  # fmt: skip (MAS on a CPU passes 8 samples of this model at a time)
     command = "python -m benchmarks.bench_denoiser_runtime" + (
         f" --workspace {args.workspace} --run {args.run}" if args.workspace else ""
     ) + f" --rounds {args.rounds} --repeats {args.repeats}"  # fmt: skip
+    dot, bf16 = cpu_int8_dot_product(), cpu_native_bf16()
     lines = [f"Command: `{command}`", "",
+             f"This CPU: int8 dot products (VNNI/AMX) {'yes' if dot else 'no'}, native bf16 {'yes' if bf16 else 'no'}"
+             f"{'' if bf16 else ' (bf16 not measured: OpenVINO refuses it here and PyTorch emulates it)'}.", "",
+             "Speed-ups from the median pass of each row (a sampler repeats it thousands of times): against the same "
+             "precision through PyTorch, and against fp32 through PyTorch (no quantisation, no compilation).", "",
              "| model | MAS pass (samples x 5 views x frames) | precision | runtime | pass ms (min / median / max) | "
-             "speed-up | error vs fp32, this pass | error vs fp32, precision check |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "speed-up, same precision | speed-up vs fp32 PyTorch | error vs fp32, this pass | "
+             "error vs fp32, precision check |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     choices = []
     for name, trained, samples, frames in cases:
         rows = compare(trained, samples, frames, args.rounds, args.repeats)
+
+        def median_ms(precision: str, runtime: str, rows=rows) -> float:
+            return statistics.median(next(r for r in rows if r["precision"] == precision and r["runtime"] == runtime)
+                                     ["ms"])  # fmt: skip
+
+        fp32 = median_ms("fp32", "PyTorch")
         for row in rows:
-            base = next(r for r in rows if r["precision"] == row["precision"] and r["runtime"] == "PyTorch")
-            speed = min(base["ms"]) / min(row["ms"])
+            mine = statistics.median(row["ms"])
             lines.append(f"| {name} | {samples} x 5 x {frames} | {row['precision']} | {row['runtime']} | "
-                         f"{min_median_max(row['ms'], '.1f')} | {speed:.2f}x | {row['error']:.2%} | "
-                         f"{row['check']:.2%} |")  # fmt: skip
-        picks = {name: auto_choice(trained, samples, frames, env) for name, env in RUNTIMES.items()}
-        fastest = {  # None where auto settled on fp32, which is not timed here
-            name: min((min(r["ms"]) for r in rows if r["runtime"] == name and r["precision"] == used), default=None)
-            for name, (used, _) in picks.items()
-        }
-        pick_speed = f"{fastest['PyTorch'] / fastest['OpenVINO']:.2f}x" if None not in fastest.values() else "-"
-        choices.append(f"| {name} | {samples} x 5 x {frames} | {picks['PyTorch'][0]} | {picks['OpenVINO'][0]} | "
-                       f"{pick_speed} | {picks['OpenVINO'][1]} |")  # fmt: skip
-    lines += ["", "What `auto` picks with each runtime (after its check against fp32), and the speed-up of its pick "
-              "through OpenVINO over its pick through PyTorch (fastest passes above):", "",
-              "| model | MAS pass | auto, PyTorch | auto, OpenVINO | speed-up | why (OpenVINO) |",
-              "| --- | --- | --- | --- | --- | --- |", *choices, ""]  # fmt: skip
+                         f"{min_median_max(row['ms'], '.1f')} | {median_ms(row['precision'], 'PyTorch') / mine:.2f}x | "
+                         f"{fp32 / mine:.2f}x | {row['error']:.2%} | {row['check']:.2%} |")  # fmt: skip
+        best = min(rows, key=lambda r: statistics.median(r["ms"]))
+        for label, env in {"auto (default)": "auto", **RUNTIMES}.items():
+            used, ran, why = auto_choice(trained, samples, frames, env)
+            choices.append(f"| {name} | {samples} x 5 x {frames} | {label} | {used} through {ran} | "
+                           f"{fp32 / median_ms(used, ran):.2f}x | {best['precision']} through {best['runtime']}, "
+                           f"{fp32 / statistics.median(best['ms']):.2f}x | {why} |")  # fmt: skip
+    lines += ["", "What `auto` picks under each MAS_DENOISER_RUNTIME (after its check against fp32), its speed-up over "
+              "fp32 through PyTorch, and the fastest row measured above:", "",
+              "| model | MAS pass | MAS_DENOISER_RUNTIME | auto picks | speed-up vs fp32 PyTorch | fastest measured | "
+              "why |", "| --- | --- | --- | --- | --- | --- | --- |", *choices, ""]  # fmt: skip
     lines += ["Getting the OpenVINO denoiser (seconds): converted into an empty cache, then loaded from it:", "",
               "| model | precision | cold | cached |", "| --- | --- | --- | --- |"]  # fmt: skip
-    for name, trained in ((cases[0][0], bench), (cases[1][0], default)):
+    for name, trained in ((cases[0][0], bench), (cases[2][0], default)):
         for precision, (cold, cached) in conversion_seconds(trained).items():
             lines.append(f"| {name} | {precision} | {cold:.1f} | {cached:.2f} |")
-    write_result("denoiser_runtime", "The denoiser through PyTorch and through OpenVINO", "\n".join(lines))
-
+    write_result("denoiser_runtime" + cpu_kind_suffix(),
+                 "The denoiser through PyTorch and through OpenVINO" + ("" if dot else ", on a CPU without int8 dot "
+                 "products"), "\n".join(lines))  # fmt: skip
 
 if __name__ == "__main__":
     main()

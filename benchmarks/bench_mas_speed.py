@@ -7,6 +7,8 @@
   :data:`models.mas.CPU_PASS_ELEMENTS` activation elements and the closed-form planes triangulation; what Algorithm 1
   computes is unchanged (same steps, same formulas).
 - **now, 100 steps, PyTorch runtime**: the same with ``MAS_DENOISER_RUNTIME=torch`` (what OpenVINO brings).
+- **now, 100 steps, OpenVINO runtime**: the same with ``MAS_DENOISER_RUNTIME=openvino`` (auto's runtime before it
+  sent int8 through PyTorch on CPUs without int8 dot products, ``models.openvino_denoiser.denoiser_runtime``).
 - **now, 75 steps**: the same at 75 respaced steps (``mas sample --steps 75``), which the trusted evaluation could not
   tell apart from 100 (``results/mas_steps_compare_steps100-75-50_n1000x5.md``).
 
@@ -18,7 +20,10 @@ up before the timed call, and rounds interleave the settings. Two models:
   the paper's Table 1 case, and a batch of 64 (10 respaced steps timed and scaled to 100: a step costs the same at
   any respacing).
 
-    python -m benchmarks.bench_mas_speed --workspace /tmp/b3d/ws [--batch 320] [--rounds 2]
+    python -m benchmarks.bench_mas_speed --workspace /tmp/b3d/ws [--batch 320] [--rounds 2] [--cases bench,single,batch]
+
+Without ``--workspace`` the benchmark model's case is left out. Results go to ``results/mas_speed.md``, or
+``mas_speed_no_int8_dot.md`` on a CPU without int8 dot products (``benchmarks.common.cpu_kind_suffix``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import sys
 
 import torch
 
-from benchmarks.common import ROOT, git_worktree, min_median_max, run_in_tree, write_result
+from benchmarks.common import ROOT, cpu_kind_suffix, git_worktree, min_median_max, run_in_tree, write_result
 
 TODAY_REV = "c171171"
 SCRIPT = """
@@ -61,12 +66,15 @@ CHOOSE = {
 }
 # name: (code, respaced steps run, steps the time is reported for, environment); None runs the model's own 100
 TORCH = {"MAS_DENOISER_RUNTIME": "torch"}  # now's code with the denoiser through PyTorch (no OpenVINO)
+OPENVINO = {"MAS_DENOISER_RUNTIME": "openvino"}  # now's code with every lower precision through OpenVINO
 FULL = {"today (100 steps)": ("today", None, 100, None), "now, 100 steps": ("now", None, 100, None),
         "now, 100 steps, PyTorch runtime": ("now", None, 100, TORCH),
+        "now, 100 steps, OpenVINO runtime": ("now", None, 100, OPENVINO),
         "now, 75 steps": ("now", 75, 75, None)}  # fmt: skip
 # a step costs the same at any respacing, so 10 measured steps scale to 100 (for calls too long to run in full)
 SCALED = {"today (100 steps)": ("today", 10, 100, None), "now, 100 steps": ("now", 10, 100, None),
-          "now, 100 steps, PyTorch runtime": ("now", 10, 100, TORCH)}  # fmt: skip
+          "now, 100 steps, PyTorch runtime": ("now", 10, 100, TORCH),
+          "now, 100 steps, OpenVINO runtime": ("now", 10, 100, OPENVINO)}  # fmt: skip
 
 
 def measure(trees: dict, case: dict, rounds: int, threads: int) -> dict[str, list[float]]:
@@ -88,7 +96,8 @@ def measure(trees: dict, case: dict, rounds: int, threads: int) -> dict[str, lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workspace", required=True, help="workspace holding the procedural benchmark's model")
+    parser.add_argument("--workspace", default=None, help="workspace holding the procedural benchmark's model")
+    parser.add_argument("--cases", default="bench,single,batch", help="which of bench, single and batch to run")
     parser.add_argument("--run", default="bench-model")
     parser.add_argument("--batch", type=int, default=320, help="samples per call for the benchmark model")
     parser.add_argument("--rounds", type=int, default=2)
@@ -97,14 +106,20 @@ def main() -> None:
     parser.add_argument("--today-rev", default=TODAY_REV)
     args = parser.parse_args()
     default = {"workspace": "", "run": "", "length": 120}
-    cases = [
-        {"label": f"{args.run} (2 layers, 128 d), batch {args.batch}", "workspace": args.workspace,
-         "run": args.run, "batch": args.batch, "length": 60, "settings": FULL},
-        {"label": "default size (8 layers, 512 d), batch 1", "batch": 1, "settings": FULL,
-         "rounds": args.single_rounds, **default},
-        {"label": "default size (8 layers, 512 d), batch 64, 10 steps measured and scaled to 100", "batch": 64,
-         "settings": SCALED, **default},
-    ]  # fmt: skip
+    cases = {
+        "bench": {"label": f"{args.run} (2 layers, 128 d), batch {args.batch}", "workspace": args.workspace,
+                  "run": args.run, "batch": args.batch, "length": 60, "settings": FULL},
+        "single": {"label": "default size (8 layers, 512 d), batch 1", "batch": 1, "settings": FULL,
+                   "rounds": args.single_rounds, **default},
+        "batch": {"label": "default size (8 layers, 512 d), batch 64, 10 steps measured and scaled to 100",
+                  "batch": 64, "settings": SCALED, **default},
+    }  # fmt: skip
+    wanted = args.cases.split(",")
+    if unknown := set(wanted) - set(cases):
+        parser.error(f"unknown cases {sorted(unknown)}; use bench, single and batch")
+    if "bench" in wanted and not args.workspace:
+        print("no --workspace: the benchmark model's case is left out", flush=True)
+        wanted.remove("bench")
     lines = [f"Command: `python -m benchmarks.bench_mas_speed {shlex.join(sys.argv[1:])}`", "",
              f"Today: the code at {args.today_rev} (a git worktree); now: this checkout. {args.rounds} interleaved "
              f"rounds ({args.single_rounds} for one sample), one fresh process per call, {args.threads} torch "
@@ -112,7 +127,7 @@ def main() -> None:
              "perspective cameras; seconds per sample (min / median / max).", ""]  # fmt: skip
     with git_worktree(args.today_rev) as today:
         trees = {"today": today, "now": ROOT}
-        for case in cases:
+        for case in (cases[name] for name in wanted):
             times = measure(trees, case, args.rounds, args.threads)
             base = statistics.median(times["today (100 steps)"])
             lines += [f"## {case['label']}, {case['length']} frames", "",
@@ -120,7 +135,8 @@ def main() -> None:
             for name, values in times.items():
                 lines.append(f"| {name} | {min_median_max(values, '.4g')} | {base / statistics.median(values):.2f}x |")
             lines.append("")
-    write_result("mas_speed", "MAS per sample against today's code (issue 20, item 5)", "\n".join(lines))
+    title = "MAS per sample against today's code (issue 20, item 5)"
+    write_result("mas_speed" + cpu_kind_suffix(), title, "\n".join(lines))
 
 
 if __name__ == "__main__":

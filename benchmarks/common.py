@@ -28,6 +28,14 @@ def machine() -> str:
             f"host load average {load} (1/5/15 min) when written")  # fmt: skip
 
 
+def cpu_kind_suffix() -> str:
+    """A result name's suffix for a CPU whose fastest denoiser arithmetic differs from the AVX512 CPU the committed
+    results were measured on: ``_no_int8_dot`` without int8 dot products (VNNI/AMX), else nothing."""
+    from models.hardware import cpu_int8_dot_product
+
+    return "" if cpu_int8_dot_product() else "_no_int8_dot"
+
+
 def write_result(name: str, title: str, body: str) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.md"

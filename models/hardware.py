@@ -8,22 +8,36 @@ import platform
 import subprocess
 
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX; "bf16" is ARM's FEAT_BF16 in cpuinfo
+# int8 dot-product instructions: x86 AVX512-VNNI, AVX-VNNI, AMX-INT8; ARM's dot product (FEAT_DotProd, "asimddp")
+_CPU_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"}
 
 
-def cpu_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively, as the OS reports it (Linux /proc/cpuinfo flags, macOS sysctl)."""
+def _cpu_has(flags: set[str], darwin_feature: str) -> bool:
+    """Whether the CPU reports any of ``flags`` (Linux /proc/cpuinfo) or ``darwin_feature`` (macOS sysctl)."""
     try:
         if platform.system() == "Linux":
             with open("/proc/cpuinfo") as f:
                 for line in f:
                     if line.startswith(("flags", "Features")):
-                        return bool(set(line.split(":", 1)[1].split()) & _CPU_BF16_FLAGS)
+                        return bool(set(line.split(":", 1)[1].split()) & flags)
         if platform.system() == "Darwin":
-            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+            out = subprocess.run(["sysctl", "-n", f"hw.optional.arm.{darwin_feature}"], capture_output=True,
+                                 text=True)  # fmt: skip
             return out.stdout.strip() == "1"
     except OSError:
         pass
     return False
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively, as the OS reports it (Linux /proc/cpuinfo flags, macOS sysctl)."""
+    return _cpu_has(_CPU_BF16_FLAGS, "FEAT_BF16")
+
+
+def cpu_int8_dot_product() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI/AMX, ARM dot product), as the OS reports it. Without
+    them OpenVINO's int8 layers compute in fp32 from decompressed weights (``models/openvino_denoiser.py``)."""
+    return _cpu_has(_CPU_INT8_DOT_FLAGS, "FEAT_DotProd")
 
 
 def native_bf16(device) -> bool:

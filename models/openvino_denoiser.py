@@ -15,7 +15,8 @@ precision:
 The converted model is kept in the cache (``MAS_CACHE``/denoisers, keyed by the weights, the precision and the library
 versions), written to a temporary folder and renamed, so a later process loads it in well under a second and a crash
 never leaves half a model that a later run trusts. ``MAS_DENOISER_RUNTIME`` picks the runtime of CPU sampling:
-``auto`` (default: OpenVINO where it is installed), ``openvino`` or ``torch``.
+``auto`` (default: OpenVINO where it is installed, except int8 on a CPU without int8 dot products,
+:func:`denoiser_runtime`), ``openvino`` or ``torch``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from torch import nn
 
 from models import denoiser as denoiser_module
 from models.denoiser import MotionDenoiser
-from models.hardware import cpu_native_bf16
+from models.hardware import cpu_int8_dot_product, cpu_native_bf16
+from models.int8 import int8_available
 from pipeline.assets import cache_dir, cache_entry
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -59,7 +61,11 @@ def openvino_installed(precision: str = "bf16") -> bool:
 def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
     """``(runtime, why)`` for sampling on ``device`` in ``precision`` (int8 / bf16 / fp32), from
     ``MAS_DENOISER_RUNTIME``: OpenVINO for int8, and for bf16 where the CPU computes it natively, on a CPU where it is
-    installed (unless ``torch`` is asked for); PyTorch otherwise, and for fp32."""
+    installed (unless ``torch`` is asked for); PyTorch otherwise, and for fp32. Under ``auto``, int8 goes through
+    PyTorch's int8 kernels on a CPU without int8 dot products (no VNNI/AMX): there OpenVINO's int8 layers run fp32
+    kernels on decompressed weights (``brgemm_avx2_f32`` on an AVX2 CPU), no faster than fp32, while PyTorch's took
+    0.66-0.72x their time for the 256-512 d models and tied them at 128 d (OpenVINO 0.92-1.19x as fast over four
+    runs; ``benchmarks/results/denoiser_runtime_no_int8_dot.md``)."""
     if precision == "fp32":
         return "torch", "PyTorch (fp32 samples through PyTorch)"
     requested = os.environ.get(RUNTIME_ENV, "auto") or "auto"
@@ -84,6 +90,9 @@ def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
             raise DenoiserRuntimeError(f"{RUNTIME_ENV}=openvino computes bf16 only on a CPU with native bf16 "
                                        f"(AVX512-BF16/AMX); use --precision int8 or {RUNTIME_ENV}=torch")  # fmt: skip
         return "torch", "PyTorch (OpenVINO computes bf16 only where the CPU does natively)"
+    if precision == "int8" and requested == "auto" and not cpu_int8_dot_product() and int8_available():
+        return "torch", ("PyTorch (this CPU has no int8 dot products, VNNI/AMX, so OpenVINO would compute the int8 "
+                         "layers in fp32; PyTorch's int8 kernels are faster here)")
     return "openvino", f"OpenVINO {importlib.metadata.version('openvino')} ({RUNTIME_ENV}={requested})"
 
 

@@ -2,7 +2,9 @@
 
 ``auto`` picks the fastest precision of the machine it runs on. On a CPU, int8 and bf16 run through OpenVINO where it
 is installed (``models/openvino_denoiser.py``; ``MAS_DENOISER_RUNTIME=torch`` keeps PyTorch): there int8 comes
-first at every pass size (``benchmarks/results/denoiser_runtime.md``), then bf16 where the CPU computes it natively.
+first at every pass size (``benchmarks/results/denoiser_runtime.md``), then bf16 where the CPU computes it natively;
+on a CPU without int8 dot products (no VNNI/AMX) int8 runs PyTorch's kernels instead, which are faster there
+(:func:`models.openvino_denoiser.denoiser_runtime`).
 Through PyTorch (``benchmarks/results/precision_cpu.md``): bf16 where the hardware computes it natively (a GPU with
 bf16 support; a CPU with AVX512-BF16 or AMX), except that such a CPU takes int8 for small denoiser passes
 (:data:`INT8_TOKENS_PER_WIDTH`), int8 on other CPUs (nearly half the time of fp32 for a 1.4% change in the motions,

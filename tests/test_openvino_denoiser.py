@@ -8,9 +8,9 @@ import models.openvino_denoiser as ovd
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
-from models.hardware import cpu_native_bf16
+from models.hardware import cpu_int8_dot_product, cpu_native_bf16
 from models.mas import MASConfig, mas_sample
-from models.precision import Bf16Denoiser, checked_precision, with_precision
+from models.precision import Bf16Denoiser, cache_params, checked_precision, with_precision
 
 pytestmark = pytest.mark.skipif(not ovd.openvino_installed("int8"), reason="openvino and nncf are not installed")
 NATIVE_BF16 = cpu_native_bf16()  # OpenVINO computes bf16 only there (elsewhere it would silently compute fp32)
@@ -109,6 +109,7 @@ def test_conversion_is_cached_by_content_and_written_atomically(trained, tmp_pat
 def test_runtime_choice_and_reason(trained, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(ovd.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(ovd, "cpu_int8_dot_product", lambda: True)  # OpenVINO computes int8 (VNNI/AMX)
     assert ovd.denoiser_runtime(cpu, "int8")[0] == "openvino"
     assert ovd.denoiser_runtime(cpu, "bf16")[0] == ("openvino" if NATIVE_BF16 else "torch")
     assert ovd.denoiser_runtime(cpu, "fp32")[0] == "torch" and ovd.denoiser_runtime(cuda, "bf16")[0] == "torch"
@@ -129,6 +130,7 @@ def test_runtime_choice_and_reason(trained, monkeypatch):
     monkeypatch.setenv(ovd.RUNTIME_ENV, "auto")
     assert ovd.denoiser_runtime(cpu, "bf16")[0] == "torch"
     monkeypatch.undo()
+    monkeypatch.setattr(ovd, "cpu_int8_dot_product", lambda: True)
     monkeypatch.setenv(ovd.RUNTIME_ENV, "onnx")
     with pytest.raises(ovd.DenoiserRuntimeError, match="MAS_DENOISER_RUNTIME='onnx'.*auto, torch, openvino"):
         with_precision(trained, "bf16")
@@ -138,6 +140,46 @@ def test_runtime_choice_and_reason(trained, monkeypatch):
         ovd.denoiser_runtime(cpu, "int8")
     monkeypatch.setenv(ovd.RUNTIME_ENV, "auto")
     assert ovd.denoiser_runtime(cpu, "int8") == ("torch", "PyTorch (openvino and nncf not installed)")
+
+
+def test_int8_without_int8_dot_products_runs_through_pytorch(trained, monkeypatch):
+    """Without VNNI/AMX, OpenVINO computes int8 layers with fp32 kernels (measured no faster than fp32), so auto's
+    int8 goes through PyTorch's int8 kernels; an explicit MAS_DENOISER_RUNTIME=openvino is obeyed; without PyTorch's
+    int8 kernels OpenVINO's int8 still runs; and the cache key follows the runtime."""
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(ovd.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(ovd, "cpu_int8_dot_product", lambda: False)
+    runtime, why = ovd.denoiser_runtime(cpu, "int8")
+    assert runtime == "torch" and "no int8 dot products" in why
+    assert ovd.denoiser_runtime(cpu, "bf16")[0] == ("openvino" if NATIVE_BF16 else "torch")  # bf16 as before
+    assert cache_params(cpu, "int8") == {"precision": "int8"}
+    fast, used, reason = checked_precision(trained, "int8")
+    assert used == "int8" and not isinstance(fast.model, ovd.OpenVinoDenoiser) and "run by PyTorch (this CPU" in reason
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "openvino")  # asked for: obeyed
+    assert ovd.denoiser_runtime(cpu, "int8")[0] == "openvino"
+    assert isinstance(with_precision(trained, "int8").model, ovd.OpenVinoDenoiser)
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "auto")
+    monkeypatch.setattr(ovd, "int8_available", lambda: False)  # no PyTorch int8 kernels: OpenVINO's int8 still runs
+    assert ovd.denoiser_runtime(cpu, "int8")[0] == "openvino"
+    monkeypatch.setattr(ovd, "cpu_int8_dot_product", lambda: True)
+    monkeypatch.setattr(ovd, "int8_available", lambda: True)
+    assert ovd.denoiser_runtime(cpu, "int8")[0] == "openvino"
+    assert cache_params(cpu, "int8") == {"precision": "int8", "runtime": "openvino"}
+
+
+@pytest.mark.skipif(cpu_int8_dot_product(), reason="this CPU has int8 dot products (VNNI/AMX)")
+def test_openvino_int8_layers_run_fp32_kernels_without_int8_dot_products(trained):
+    """What the rule above rests on, asked of OpenVINO on this machine: without int8 dot products its compiled int8
+    matrix products run fp32 kernels (on decompressed int8 weights), so they cannot be faster than fp32."""
+    compiled = ovd.openvino_denoiser(trained.model, "int8")._compiled
+    kernels = set()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "FullyConnected":
+            kernels.add((info["runtimePrecision"].astype(str), info["primitiveType"].astype(str)))
+    assert kernels, "no FullyConnected layer in the compiled int8 denoiser"
+    assert {weights for weights, _ in kernels} == {"i8"}, kernels  # the weights are int8 ...
+    assert all(kernel.endswith("f32") for _, kernel in kernels), kernels  # ... the arithmetic is not
 
 
 @pytest.mark.parametrize("precision", ["int8", pytest.param("bf16", marks=needs_native_bf16)])
@@ -164,7 +206,7 @@ def test_sample_sets_record_the_runtime_and_resample_when_it_changes(synthetic_w
     tiny = TrainConfig(steps=3, batch_size=8, latent_dim=32, ff_size=64, num_layers=1, num_heads=4, max_len=32,
                        device="cpu")  # fmt: skip
     run_training(synthetic_ws, "synth", "runtime-run", tiny, progress=False)
-    monkeypatch.delenv(ovd.RUNTIME_ENV, raising=False)
+    monkeypatch.setenv(ovd.RUNTIME_ENV, "openvino")  # auto's int8 runtime depends on the CPU (int8 dot products)
 
     def sample():
         return run_sampling(synthetic_ws, "runtime-run", "rt", num_samples=2, length=16, render=0, progress=False,

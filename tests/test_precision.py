@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from models import openvino_denoiser
 from models.checkpoint import TrainedModel
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
-from models.hardware import cpu_native_bf16
+from models.hardware import cpu_int8_dot_product, cpu_native_bf16
 from models.int8 import QuantisationError, quantize_denoiser
 from models.mas import MASConfig, mas_sample
 from models.precision import (
@@ -118,7 +119,10 @@ def test_auto_precision_policy_per_hardware(default_model, monkeypatch):
     monkeypatch.delenv("MAS_DENOISER_RUNTIME", raising=False)
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags or " bf16" in flags)
+    dot = (" avx512_vnni", " avx_vnni", " amx_int8", " asimddp")  # int8 dot products: where OpenVINO computes int8
+    assert cpu_int8_dot_product() == any(f"{flag} " in flags or f"{flag}\n" in flags for flag in dot)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(openvino_denoiser, "cpu_int8_dot_product", lambda: True)  # as every native-bf16 CPU has
     # OpenVINO (the default runtime where installed): int8 at every pass size, bf16 next
     assert resolve_precision("auto", cpu, 5 * 121, 512) == resolve_precision("auto", cpu, 320 * 61, 128) == "int8"
     assert [c for c, _ in precision._candidates(cpu, 320 * 61, 128)] == ["int8", "bf16"]
@@ -164,6 +168,7 @@ def test_int8_through_openvino_needs_no_torch_quantised_kernels(default_model, m
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "int8_available", lambda: False)
+    monkeypatch.setattr(openvino_denoiser, "int8_available", lambda: False)  # the runtime choice asks it too
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
     monkeypatch.delenv("MAS_DENOISER_RUNTIME", raising=False)
     assert resolve_precision("int8", cpu) == resolve_precision("auto", cpu) == "int8"
