@@ -64,8 +64,8 @@ def denoiser_runtime(device: torch.device, precision: str) -> tuple[str, str]:
     installed (unless ``torch`` is asked for); PyTorch otherwise, and for fp32. Under ``auto``, int8 goes through
     PyTorch's int8 kernels on a CPU without int8 dot products (no VNNI/AMX): there OpenVINO's int8 layers run fp32
     kernels on decompressed weights (``brgemm_avx2_f32`` on an AVX2 CPU), no faster than fp32, while PyTorch's took
-    0.66-0.72x their time for the 256-512 d models and tied them at 128 d (OpenVINO 0.92-1.19x as fast over four
-    runs; ``benchmarks/results/denoiser_runtime_no_int8_dot.md``)."""
+    0.62-0.77x their time for the 256-512 d models and tied them at 128 d (OpenVINO 0.92-1.19x as fast over four
+    runs, both within the host's noise of fp32 there; ``benchmarks/results/denoiser_runtime_no_int8_dot.md``)."""
     if precision == "fp32":
         return "torch", "PyTorch (fp32 samples through PyTorch)"
     requested = os.environ.get(RUNTIME_ENV, "auto") or "auto"
