@@ -11,7 +11,8 @@ ByteTrack. Truth: hand-labelled keyframes (``benchmarks/data/tracking_truth.json
 levers do here, not how they generalise.
 
 Conditions, each adding one lever: per-class NMS without cleanup (the old behaviour), class-agnostic NMS, + duplicate
-merging, + tracklet stitching, + static-track rejection (all defaults of ``DetectorConfig``).
+merging, + tracklet stitching (and tracklets that fill another track's hole), + static-track rejection (all defaults
+of ``DetectorConfig``).
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def main() -> None:
              "| video | condition | " + " | ".join(f.name for f in fields(TrackingScore)) + " | cleanup |",
              "|---|---|" + "---|" * (len(fields(TrackingScore)) + 1)]  # fmt: skip
     for video, name, s, report in per_video:
-        counts = (f"dup {report.duplicate_tracks_merged}, stitched {report.tracklets_stitched}, "
-                  f"rejected {report.rejected or 0}")  # fmt: skip
+        counts = (f"dup {report.duplicate_tracks_merged}, stitched {report.tracklets_stitched}, holes filled "
+                  f"{report.holes_filled}, rejected {report.rejected or 0}")  # fmt: skip
         values = " | ".join(str(getattr(s, f.name)) for f in fields(TrackingScore))
         body.append(f"| {video} | {name} | {values} | {counts} |")
     write_result("tracking", "Tracking identities on real multi-person footage", "\n".join(body))

@@ -15,6 +15,9 @@ camera). Three passes over the ``tracks`` table fix that, in this order:
    the first one's last ``stitch_max_overlap`` frames at the same place and size (a handover between two ids). Greedy,
    cheapest link first; a track has at most one successor and one predecessor, so the pieces of a chain never overlap
    in time beyond such a handover, where the more confident box is kept.
+   A short tracklet that lies inside another track's hole (frames that track misses, give or take
+   ``stitch_max_overlap`` frames at the hole's edges) along that track's path is that track too: the tracker handed
+   the subject to a stale or new id for a few frames (:func:`fill_holes`).
 3. **Still tracks**: a track of at least ``static_min_seconds`` whose box centre barely moves over its life (robust
    span over box height) is not a moving subject (a floor cylinder, a still bystander) and is dropped; so is one that
    moves a little more but that the detector is unsure of all along (:func:`still_tracks`).
@@ -45,6 +48,7 @@ class CleanupReport:
     duplicate_boxes_dropped: int = 0
     tracks_split: int = 0
     tracklets_stitched: int = 0
+    holes_filled: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> tracks
 
     def as_meta(self) -> dict:
@@ -237,6 +241,65 @@ def stitch_tracklets(
     return out, len(successor)
 
 
+def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataFrame, int]:
+    """Give each tracklet that lies inside a hole of another track of its class to that track; returns the table
+    and the tracklets given. Inside a hole: the other track has boxes before and after the tracklet, shares at most
+    ``stitch_max_overlap`` of its frames, and misses the rest, in a hole of at most ``stitch_max_gap`` frames. Along
+    its path: in every frame of the hole, the tracklet's box centre lies within ``stitch_max_distance`` box heights of
+    the track's box interpolated across the hole, and the heights differ by at most ``stitch_max_size_ratio``. In
+    the shared frames the track keeps its own box. Shortest tracklets first; a track that received one can receive
+    more but is never given away."""
+    if cfg.stitch_max_gap == 0 or tracked.empty:
+        return tracked, 0
+    tracked = tracked.reset_index(drop=True)
+    box = tracked[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    centre, height = (box[:, :2] + box[:, 2:]) / 2, np.maximum(box[:, 3] - box[:, 1], 1.0)
+    rows = {int(t): g.index.to_numpy()[np.argsort(g["frame"].to_numpy(), kind="stable")]
+            for t, g in tracked.groupby("track_id")}  # fmt: skip
+    frames = {t: tracked["frame"].to_numpy()[r] for t, r in rows.items()}
+    label = tracked["track_id"].to_numpy().copy()
+    classes = tracked["class"].to_numpy()
+    receivers: set[int] = set()
+    given = 0
+    for t in sorted(rows, key=lambda t: len(rows[t])):
+        if t in receivers:
+            continue
+        mine, my_frames = rows[t], frames[t]
+        for other in sorted(rows, key=lambda o: -len(rows[o])):
+            if other == t or classes[rows[other][0]] != classes[mine[0]] or len(rows[other]) <= len(mine):
+                continue
+            theirs = frames[other]
+            shared = np.isin(my_frames, theirs)
+            inside = my_frames[~shared]
+            if not len(inside) or shared.sum() > cfg.stitch_max_overlap:
+                continue
+            after = np.searchsorted(theirs, inside)  # the track's next box after each of the tracklet's frames
+            if after.min() == 0 or after.max() == len(theirs) or after.min() != after.max():
+                continue  # not inside one hole with boxes on both sides
+            before, next_ = rows[other][after[0] - 1], rows[other][after[0]]
+            span = frames[other][after[0]] - frames[other][after[0] - 1]
+            if span - 1 > cfg.stitch_max_gap:
+                continue
+            w = ((inside - frames[other][after[0] - 1]) / span)[:, None]
+            path = centre[before] + (centre[next_] - centre[before]) * w
+            path_height = height[before] + (height[next_] - height[before]) * w[:, 0]
+            own = mine[~shared]
+            miss = np.linalg.norm(centre[own] - path, axis=1) / path_height
+            ratio = np.maximum(height[own], path_height) / np.minimum(height[own], path_height)
+            if miss.max() <= cfg.stitch_max_distance and ratio.max() <= cfg.stitch_max_size_ratio:
+                label[own] = other
+                label[mine[shared]] = -2  # the track keeps its own box in the frames both have
+                frames[other] = np.sort(np.r_[theirs, inside])
+                rows[other] = np.r_[rows[other], own][np.argsort(np.r_[theirs, inside], kind="stable")]
+                receivers.add(other)
+                given += 1
+                break
+    if not given:
+        return tracked, 0
+    out = tracked.assign(track_id=label)
+    return out[out["track_id"] != -2], given
+
+
 def still_tracks(tracked: pd.DataFrame, cfg: TrackCleanupConfig, fps: float) -> dict[str, list[int]]:
     """Ids of tracks to reject, by reason, among tracks that live long enough to judge (``static_min_seconds`` from
     first to last frame). Motion is the robust span of the box centre (5th to 95th percentile, the larger of x and y)
@@ -307,6 +370,7 @@ def clean_tracks(table: pd.DataFrame, cfg: TrackCleanupConfig, fps: float,
     tracked, report.tracklets_stitched = stitch_tracklets(
         tracked, None if hists is None else hists[tracked.index.to_numpy()], cfg
     )
+    tracked, report.holes_filled = fill_holes(tracked, cfg)
     for reason, ids in still_tracks(tracked, cfg, fps).items():
         report.rejected[reason] = len(ids)
         tracked = tracked[~tracked["track_id"].isin(ids)]

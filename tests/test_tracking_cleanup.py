@@ -10,7 +10,7 @@ from pipeline.assets import PERSON_DETECTOR_CLASSES
 from pipeline.config import DetectorConfig, Source, TrackCleanupConfig
 from pipeline.detect_track import load_yolo, run_tracker, use_agnostic_nms
 from pipeline.download import ingest_file
-from pipeline.track_cleanup import box_overlap, clean_tracks, merge_duplicates, stitch_tracklets
+from pipeline.track_cleanup import box_overlap, clean_tracks, fill_holes, merge_duplicates, stitch_tracklets
 from storage import Catalog, Workspace
 
 OFF = TrackCleanupConfig(duplicate_iou=None, stitch_max_gap=0, static_max_motion=None, weak_max_motion=None)
@@ -145,5 +145,41 @@ def test_a_subject_handed_to_another_id_and_back_is_one_track(walking):
     assert report.tracks_split >= 1 and 888 not in set(cleaned["track_id"]), report
     assert set(cleaned.loc[cleaned["frame"].isin(frames), "track_id"]) >= {walker}
     assert cleaned.groupby("track_id").size()[walker] == len(frames)  # every frame of the walker under one id
-    unsplit, _ = clean_tracks(switched, TrackCleanupConfig(split_max_missing=1000), fps, switched_hists)
-    assert 888 in set(unsplit["track_id"])  # without the cut, stitching cannot rejoin tracks that overlap in time
+    unsplit, unsplit_report = clean_tracks(switched, TrackCleanupConfig(split_max_missing=1000), fps, switched_hists)
+    # without the cut, stitching cannot rejoin tracks that overlap in time, but the tracklet fills the walker's hole
+    assert 888 not in set(unsplit["track_id"]) and unsplit_report.holes_filled == 1, unsplit_report
+
+
+def test_a_tracklet_filling_another_tracks_hole_is_that_track(walking):
+    """The tracker hands the walker to another id for 3 frames (measured on Pose2Sim's SinglePerson cam04 at detector
+    stride 2), with a second box in the frame before: the walker's track has a hole there that the tracklet fills.
+    Duplicates (1 shared frame of 4) and stitching (the walker runs on both sides) leave it; filling the hole joins
+    it. Moved 2 box heights off the walker's path (someone else), it stays apart."""
+    table, hists, fps = walking
+    walker = table.groupby("track_id").size().idxmax()
+    mine = (table["track_id"] == walker).to_numpy()
+    frames = np.sort(table.loc[mine, "frame"].unique())
+    shared, hole = frames[len(frames) // 2], frames[len(frames) // 2 + 1 : len(frames) // 2 + 4]
+    handed = table.copy()
+    handed.loc[mine & table["frame"].isin(hole).to_numpy(), "track_id"] = 999
+    second = table[mine & (table["frame"] == shared).to_numpy()].assign(track_id=999, score=0.3)
+    second[["y2"]] += 40.0  # a taller second box on the walker, as the detector gave there
+    handed = pd.concat([handed, second], ignore_index=True)
+    handed_hists = np.concatenate([hists, hists[mine & (table["frame"] == shared).to_numpy()]])
+
+    cleaned, report = clean_tracks(handed, TrackCleanupConfig(), fps, handed_hists)
+    assert report.holes_filled == 1 and 999 not in set(cleaned["track_id"]), report
+    walker_rows = cleaned[cleaned["track_id"] == walker]
+    assert len(walker_rows) == walker_rows["frame"].nunique() == len(frames)  # every frame once, under one id
+    own = table[mine & (table["frame"] == shared).to_numpy()][["x1", "y1", "x2", "y2"]].to_numpy()
+    np.testing.assert_array_equal(walker_rows[walker_rows["frame"] == shared][["x1", "y1", "x2", "y2"]], own)
+    assert cleaned["track_id"].nunique() == 2  # the other person is never given to the walker
+
+    _, not_filled = fill_holes(handed, TrackCleanupConfig(stitch_max_gap=0))
+    assert not_filled == 0
+    elsewhere = handed.copy()
+    height = (elsewhere["y2"] - elsewhere["y1"]).to_numpy()
+    moved = (elsewhere["track_id"] == 999).to_numpy()
+    elsewhere.loc[moved, ["x1", "x2"]] += 2 * height[moved, None]
+    kept, kept_report = clean_tracks(elsewhere, TrackCleanupConfig(), fps, handed_hists)
+    assert kept_report.holes_filled == 0 and 999 in set(kept["track_id"])
