@@ -188,5 +188,6 @@ def main() -> None:
                  "The denoiser through PyTorch and through OpenVINO" + ("" if dot else ", on a CPU without int8 dot "
                  "products"), "\n".join(lines))  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

@@ -241,6 +241,12 @@ def stitch_tracklets(
     return out, len(successor)
 
 
+def _centres_heights(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Box centres ``[N, 2]`` and heights ``[N]`` (at least 1 px) of the table's rows."""
+    box = table[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    return (box[:, :2] + box[:, 2:]) / 2, np.maximum(box[:, 3] - box[:, 1], 1.0)
+
+
 def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataFrame, int]:
     """Give each tracklet that lies inside a hole of another track of its class to that track; returns the table
     and the tracklets given. Inside a hole: the other track has boxes before and after the tracklet, shares at most
@@ -252,11 +258,11 @@ def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataF
     if cfg.stitch_max_gap == 0 or tracked.empty:
         return tracked, 0
     tracked = tracked.reset_index(drop=True)
-    box = tracked[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    centre, height = (box[:, :2] + box[:, 2:]) / 2, np.maximum(box[:, 3] - box[:, 1], 1.0)
+    centre, height = _centres_heights(tracked)
+    frame = tracked["frame"].to_numpy()
+    # each track's rows in frame order (a receiving track's grow as it is given tracklets)
     rows = {int(t): g.index.to_numpy()[np.argsort(g["frame"].to_numpy(), kind="stable")]
             for t, g in tracked.groupby("track_id")}  # fmt: skip
-    frames = {t: tracked["frame"].to_numpy()[r] for t, r in rows.items()}
     label = tracked["track_id"].to_numpy().copy()
     classes = tracked["class"].to_numpy()
     receivers: set[int] = set()
@@ -264,11 +270,12 @@ def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataF
     for t in sorted(rows, key=lambda t: len(rows[t])):
         if t in receivers:
             continue
-        mine, my_frames = rows[t], frames[t]
+        mine = rows[t]
+        my_frames = frame[mine]
         for other in sorted(rows, key=lambda o: -len(rows[o])):
             if other == t or classes[rows[other][0]] != classes[mine[0]] or len(rows[other]) <= len(mine):
                 continue
-            theirs = frames[other]
+            theirs = frame[rows[other]]
             shared = np.isin(my_frames, theirs)
             inside = my_frames[~shared]
             if not len(inside) or shared.sum() > cfg.stitch_max_overlap:
@@ -277,10 +284,10 @@ def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataF
             if after.min() == 0 or after.max() == len(theirs) or after.min() != after.max():
                 continue  # not inside one hole with boxes on both sides
             before, next_ = rows[other][after[0] - 1], rows[other][after[0]]
-            span = frames[other][after[0]] - frames[other][after[0] - 1]
+            span = frame[next_] - frame[before]
             if span - 1 > cfg.stitch_max_gap:
                 continue
-            w = ((inside - frames[other][after[0] - 1]) / span)[:, None]
+            w = ((inside - frame[before]) / span)[:, None]
             path = centre[before] + (centre[next_] - centre[before]) * w
             path_height = height[before] + (height[next_] - height[before]) * w[:, 0]
             own = mine[~shared]
@@ -289,7 +296,6 @@ def fill_holes(tracked: pd.DataFrame, cfg: TrackCleanupConfig) -> tuple[pd.DataF
             if miss.max() <= cfg.stitch_max_distance and ratio.max() <= cfg.stitch_max_size_ratio:
                 label[own] = other
                 label[mine[shared]] = -2  # the track keeps its own box in the frames both have
-                frames[other] = np.sort(np.r_[theirs, inside])
                 rows[other] = np.r_[rows[other], own][np.argsort(np.r_[theirs, inside], kind="stable")]
                 receivers.add(other)
                 given += 1
@@ -341,8 +347,7 @@ def split_at_gaps(tracked: pd.DataFrame, max_missing: int) -> tuple[pd.DataFrame
     frames, track_ids = order["frame"].to_numpy(), order["track_id"].to_numpy()
     prev = np.r_[frames[0], frames[:-1]]
     hole = np.r_[False, track_ids[1:] == track_ids[:-1]] & (frames - prev > max_missing + 1)
-    box = order[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    centre, height = (box[:, :2] + box[:, 2:]) / 2, np.maximum(box[:, 3] - box[:, 1], 1.0)
+    centre, height = _centres_heights(order)
     classes = order["class"].to_numpy()
     for k in np.flatnonzero(hole):  # holes are few: one look at the boxes inside each
         inside = (classes == classes[k]) & (frames > prev[k]) & (frames < frames[k])
