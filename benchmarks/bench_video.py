@@ -29,7 +29,7 @@ from benchmarks.common import min_median_max, write_result
 from benchmarks.tracking_eval import TrackingScore, load_truth, score_tracks
 from pipeline import assets
 from pipeline.config import DetectorConfig, PoseConfig, Source
-from pipeline.detect_track import load_detector, run_tracker, track_video
+from pipeline.detect_track import load_detector, load_yolo, run_tracker, track_video
 from pipeline.detector_runtime import exported_weights
 from pipeline.download import ingest_file
 from pipeline.pose import pose_video
@@ -146,7 +146,7 @@ def main() -> None:
     settings = {name: SETTINGS[name] for name in args.settings.split(",")}
     weights = assets.person_detector_weights()
     for runtime, imgsz in {(s.runtime, s.imgsz) for s in settings.values() if s.runtime != "torch"}:
-        exported_weights(weights, runtime, imgsz)  # once per machine, not timed
+        exported_weights(load_yolo(str(weights)), runtime, imgsz)  # once per machine, not timed
     start = time.perf_counter()
     times, loads, frames = time_settings(settings, args.seconds, args.repeats)
     decode = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``; corrupt files fail clearly."""
+"""Checkpoints: written atomically, read as tensors and plain containers only (:mod:`models.weights_file`);
+corrupt files fail clearly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from models.denoiser import DenoiserConfig, MotionDenoiser
 from models.diffusion import Diffusion
+from models.weights_file import read_payload
 from pipeline.skeletons import Skeleton, SkeletonError, check_joint_count, resolve_skeleton
 from storage import Workspace, file_sha256
 
@@ -39,7 +41,7 @@ def load_checkpoint(ws: Workspace, path: str, map_location: str | torch.device =
         raise CheckpointError(f"no checkpoint at {path}; train a model first (`mas train`) or pass another run")
     try:
         with ws.local_copy(path) as local:
-            payload = torch.load(local, map_location=map_location, weights_only=True)
+            payload = read_payload(local, "checkpoint", map_location)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "

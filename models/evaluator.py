@@ -231,7 +231,9 @@ def save_evaluator(model: MotionEvaluator, path: str) -> None:
 
 def load_evaluator(path: str, device: str = "cpu") -> MotionEvaluator:
     """Load a saved evaluator; files from before ``dropout`` was a config field get its default."""
-    payload = torch.load(path, map_location=device, weights_only=True)
+    from models.weights_file import read_payload
+
+    payload = read_payload(path, "evaluator", device)
     model = MotionEvaluator(EvaluatorConfig(**payload["config"])).to(device)
     model.load_state_dict(payload["state"])
     return model.eval()

@@ -26,6 +26,14 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `fps: .inf` is an error
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_trust_weights(cls, data):
+        if isinstance(data, dict) and "trust_weights" in data:
+            raise ValueError("trust_weights was removed: weights are always read as tensors into networks the "
+                             "project builds, so no file needs trusting; delete the key")  # fmt: skip
+        return data
+
 
 class Source(_Strict):
     """Where videos come from. ``kind``: url (a video or playlist URL), url_file (a text file of URLs, one a line),
@@ -95,9 +103,6 @@ class TrackCleanupConfig(_Strict):
 
 class DetectorConfig(_Strict):
     weights: str = Field(default="yolo11n.pt", min_length=1, description="Ultralytics weights name or path")
-    trust_weights: bool = Field(
-        default=False, description="load a weights file that needs more than tensors and network classes (runs code)"
-    )
     classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
     tracker: Literal["bytetrack", "botsort"] = "bytetrack"
     conf: float = Field(default=0.25, gt=0, lt=1)
@@ -132,7 +137,6 @@ class DetectorConfig(_Strict):
 class PoseConfig(_Strict):
     backend: Literal["yolo_pose", "vitpose", "mediapipe"] = "vitpose"
     weights: str | None = Field(default=None, description="model name/path; backend default when empty")
-    trust_weights: bool = Field(default=False, description="as detector.trust_weights, for pose weights")
     dataset_index: int | None = Field(default=None, ge=0, le=5, description="ViTPose+ expert (5 = APT-36K animals)")
     batch: int = Field(default=32, gt=0)
     crop_padding: float | None = Field(

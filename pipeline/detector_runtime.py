@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
-import shutil
 from pathlib import Path
 
 from pipeline.assets import cache_dir, cache_entry
@@ -76,21 +75,21 @@ def cached_export(weights: str | Path, runtime: str, imgsz: int) -> Path | None:
     return _finished(_export_dir(Path(weights), runtime, imgsz))
 
 
-def exported_weights(weights: str | Path, runtime: str, imgsz: int) -> Path:
-    """Path of the ``runtime`` export of a local ``.pt`` file (made once; later calls find it in the cache)."""
-    weights = Path(weights)
+def exported_weights(model, runtime: str, imgsz: int) -> Path:
+    """Path of the ``runtime`` export of a YOLO built by :func:`pipeline.yolo_weights.load_yolo_file` (made once
+    from the network in memory; later calls find it in the cache, keyed by the weights file's bytes)."""
+    weights = Path(model.weights_path)
     fmt = EXPORT_FORMATS[runtime][0]
     target = _export_dir(weights, runtime, imgsz)
     if (finished := _finished(target)) is not None:
         return finished
     try:
-        from ultralytics import YOLO
-
         with cache_entry(target, lambda folder: _finished(folder) is not None) as work:
-            copy = work / "model.pt"
-            shutil.copyfile(weights, copy)
-            # the .pt file was checked (or trusted) when the caller loaded it; the export reads the same bytes
-            exported = Path(YOLO(str(copy)).export(format=fmt, imgsz=imgsz, dynamic=True, verbose=False))
+            model.model.pt_path = str(work / "model.pt")  # the exporter names its output after this path
+            try:
+                exported = Path(model.export(format=fmt, imgsz=imgsz, dynamic=True, verbose=False))
+            finally:
+                model.model.pt_path = str(weights)
             relative = exported.relative_to(work)
             (work / "export.done").write_text(str(target / relative))
     except Exception as exc:

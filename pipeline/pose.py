@@ -436,10 +436,10 @@ class YoloPoseBackend:
     """Ultralytics YOLO-pose on the crops of one frame, as one batch."""
 
     def __init__(self, weights: str = "yolo11n-pose.pt", model=None, device: str | None = None, imgsz: int = 256,
-                 padding: float = 0.25, trusted: bool = False):  # fmt: skip
+                 padding: float = 0.25):  # fmt: skip
         from pipeline.detect_track import load_yolo
 
-        self.model = model if model is not None else load_yolo(weights, "pose", trusted=trusted)
+        self.model = model if model is not None else load_yolo(weights, "pose", task="pose")
         self.skeleton = get_skeleton("coco17")
         self.device = device
         self.imgsz = imgsz
@@ -478,13 +478,16 @@ class VitPoseBackend:
                  skeleton: str = "coco17", model=None, processor=None, device: str | None = None,
                  batch: int = 32):  # fmt: skip
         import torch
-        from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+
+        from pipeline.vitpose_weights import load_vitpose
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.model = model if model is not None else VitPoseForPoseEstimation.from_pretrained(weights)
-            self.processor = processor if processor is not None else VitPoseImageProcessor.from_pretrained(weights)
+            if model is None:
+                model, loaded = load_vitpose(weights)
+                processor = processor if processor is not None else loaded
+            self.model, self.processor = model, processor
         except OSError as exc:
             from pipeline.detect_track import WeightsError
 
@@ -602,7 +605,7 @@ def make_backend(cfg: PoseConfig, skeleton: Skeleton | str) -> PoseBackend:
                                    workers=cfg.workers, model=cfg.mediapipe_model)  # fmt: skip
     elif cfg.backend == "yolo_pose":
         padding = 0.25 if cfg.crop_padding is None else cfg.crop_padding
-        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding, trusted=cfg.trust_weights)
+        backend = YoloPoseBackend(cfg.weights or "yolo11n-pose.pt", padding=padding)
     else:
         backend = VitPoseBackend(cfg.weights or "usyd-community/vitpose-plus-base", cfg.dataset_index,
                                  pose_keypoints(cfg, skeleton), batch=cfg.batch)  # fmt: skip

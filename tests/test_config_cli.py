@@ -153,7 +153,7 @@ def test_config_overrides_on_the_command_line(tmp_path):
     ok = runner.invoke(app, ["check-config", str(path), "detector.conf=0.5"])
     assert ok.exit_code == 0 and '"conf": 0.5' in ok.stdout, ok.output
     for override, words in [
-        ("detector.cnf=0.5", "unknown config key 'detector.cnf'; keys of detector: weights, trust_weights, classes"),
+        ("detector.cnf=0.5", "unknown config key 'detector.cnf'; keys of detector: weights, classes"),
         ("nope=1", "keys of the top level: name, skeleton, fps"),
         ("fps.x=1", "fps has no sub-keys"),
         ("detector.conf", "expected key=value"),

@@ -259,42 +259,6 @@ def test_gymnastics_ball_becomes_the_18th_joint(tmp_path):
     assert ball[3, 2] == 0.0 and np.isnan(ball[3, :2]).all()  # no ball seen: masked, not invented
 
 
-class _RunsCode:
-    """What a crafted checkpoint holds: unpickling it calls os.system."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_weights_that_would_run_code_are_refused_unless_trusted(tmp_path, person_detector):
-    import torch
-
-    from pipeline.safe_weights import UnsafeWeightsError, check_weights_file
-
-    marker = tmp_path / "pwned"
-    crafted = tmp_path / "yolo-crafted.pt"
-    torch.save({"model": _RunsCode(str(marker)), "date": "2026"}, crafted)
-    with pytest.raises(UnsafeWeightsError, match=r"asks for (posix|os|nt)\.system.*detector\.trust_weights: true"):
-        load_yolo(str(crafted))
-    with pytest.raises(UnsafeWeightsError, match=r"pose\.trust_weights"):
-        YoloPoseBackend(str(crafted))
-    assert not marker.exists()  # nothing ran
-    # real weights pass: the shipped YOLOv8 detector and a model built from a config and saved by Ultralytics
-    check_weights_file(person_detector)
-    from ultralytics import YOLO
-
-    saved = tmp_path / "built.pt"
-    YOLO("yolo11n-pose.yaml").save(str(saved))
-    check_weights_file(saved, "pose")
-    assert load_yolo(str(person_detector)).names  # and loads as before
-    assert DetectorConfig(trust_weights=True).trust_weights and not DetectorConfig().trust_weights
-
-
 def test_cli_poses_quick_path_on_one_second_of_footage(tmp_path, monkeypatch, demo_clip, person_detector):
     """`mas poses VIDEO`: no config, no workspace named: tracks, poses and overlay land in ./mas-workspace."""
     from typer.testing import CliRunner
