@@ -151,8 +151,8 @@ def test_track_killed_on_another_host_turns_interrupted_and_pose_says_so(tmp_pat
     shown = runner.invoke(app, ["status", "-w", ws.root, "--kind", "tracks"])
     assert "interrupted" in shown.output and "running" not in shown.output, shown.output
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"name": "c", "skeleton": "coco17", "fps": 15,
-                                      "sources": [{"kind": "local", "value": "x"}], "pose": {"backend": "mediapipe"}}))  # fmt: skip
+    config.write_text(yaml.safe_dump({"name": "c", "skeleton": "coco17", "fps": 15, "pose": {"backend": "mediapipe"},
+                                      "sources": [{"kind": "local", "value": "x"}]}))  # fmt: skip
     posed = runner.invoke(app, ["pose", "-c", str(config), "-w", ws.root])
     said = " ".join(posed.output.split())
     assert posed.exit_code == 2, posed.output
