@@ -196,18 +196,46 @@ def status(
         console.print(f"[bold red]corrupt record:[/] {problem}", highlight=False, soft_wrap=True)
 
 
-def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video") -> list[str]:
+MAKES = {"video": ("download", "the download"), "tracks": ("track", "the tracks"), "poses": ("pose", "the poses")}
+
+
+def _unfinished(ws: Workspace, catalog: Catalog, records: list, kind: str, config: Path | None) -> list[str]:
+    """One line per record that is not done: what happened to it (interrupted, still running, failed) and, where a
+    rerun helps, the command."""
+    stage, what = MAKES[kind]
+    notes = []
+    for record in records:
+        if record.status == "done":
+            continue
+        state, words = catalog.unfinished(record)
+        if state == "running":
+            notes.append(f"{what} of video {record.id} {words}; wait for it")
+            continue
+        video = "" if kind == "video" else f" --video {record.id}"
+        notes.append(f"{what} of video {record.id} {words}; rerun `mas {stage} -c {config or 'CONFIG'} -w {ws.url}"
+                     f"{video}`")  # fmt: skip
+    return notes
+
+
+def _video_ids(ws: Workspace, wanted: list[str] | None, kind: str = "video", config: Path | None = None) -> list[str]:
+    """The videos a stage works on: ``wanted`` or every one whose ``kind`` input is done. The inputs that are not
+    done are named with what happened to them (interrupted, still running, failed) and the command to rerun."""
     catalog = Catalog(ws)
-    done = [r.id for r in catalog.records(kind) if r.status == "done"]
+    records = catalog.records(kind)
+    done = [r.id for r in records if r.status == "done"]
     if wanted:
         unknown = [v for v in wanted if v not in done]
         if unknown:
+            notes = _unfinished(ws, catalog, [r for r in records if r.id in unknown], kind, config)
             known = ", ".join(done) if done else "none"
             fail(f"no finished {kind} record for {', '.join(unknown)}; known ids: {known} "
-                 f"(`mas status -w {ws.url}` shows failed ones too)")  # fmt: skip
+                 f"(`mas status -w {ws.url}` shows failed ones too)" + "".join(f"; {n}" for n in notes))  # fmt: skip
         return list(wanted)
+    notes = _unfinished(ws, catalog, records, kind, config)
     if not done:
-        fail(f"nothing to do: no finished {kind} records in {ws.url}")
+        fail(f"nothing to do: no finished {kind} records in {ws.url}" + "".join(f"; {n}" for n in notes))
+    for note in notes:  # the others go on; these are named, not silently left out
+        console.print(f"[yellow]skipped:[/] {note}", highlight=False, soft_wrap=True)
     return done
 
 
@@ -258,7 +286,12 @@ def track(
 
     cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
-    results = [track_video(ws, v, cfg.detector, force=force) for v in _video_ids(ws, video)]
+    ids = _video_ids(ws, video, config=config)
+    try:
+        results = [track_video(ws, v, cfg.detector, force=force) for v in ids]
+    except DiskFullError as exc:
+        fail(str(exc))
+        return
     runtime = {r.video_id: f" ({r.runtime})" if r.runtime else "" for r in results}
     _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes{runtime[r.video_id]}")
              for r in results], "track")  # fmt: skip
@@ -278,11 +311,13 @@ def pose(
     """Stage 3: top-down 2D pose estimation on the tracked boxes."""
     from pipeline.detect_track import WeightsError
     from pipeline.overlay import write_overlay
-    from pipeline.pose import make_backend, pose_video
+    from pipeline.pose import PoseResult, make_backend, pose_video
+    from pipeline.video import VideoError
+    from storage.locks import ArtifactLockedError
 
     cfg = read_config(config, overrides)
     ws = open_workspace(workspace)
-    ids = _video_ids(ws, video, kind="tracks")
+    ids = _video_ids(ws, video, kind="tracks", config=config)
     try:
         backend = make_backend(cfg.pose, cfg.body_model)
     except (DiskFullError, WeightsError, RuntimeError, ValueError) as exc:
@@ -290,10 +325,16 @@ def pose(
         return
     rows = []
     for video_id in ids:
-        result = pose_video(ws, video_id, cfg.pose, cfg.body_model, backend=backend, force=force)
-        detail = result.error or f"{result.rows} poses"
-        if overlay and result.status in ("done", "skipped"):
-            detail += f"; overlay {write_overlay(ws, video_id)[0]}"
+        try:
+            result = pose_video(ws, video_id, cfg.pose, cfg.body_model, backend=backend, force=force)
+            detail = result.error or f"{result.rows} poses"
+            if overlay and result.status in ("done", "skipped"):
+                detail += f"; overlay {write_overlay(ws, video_id)[0]}"
+        except DiskFullError as exc:  # every later write would fail too: stop, saying where
+            fail(str(exc))
+            return
+        except (ArtifactLockedError, VideoError) as exc:  # another run of this video, or a video that no longer decodes
+            result, detail = PoseResult(video_id, "failed"), str(exc)
         rows.append((video_id, result.status, detail))
     _report(rows, "pose")
     if any(state == "failed" for _, state, _ in rows):

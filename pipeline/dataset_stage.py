@@ -39,8 +39,10 @@ def build_dataset(
     ws: Workspace, config: DatasetConfig, video_ids: list[str] | None = None, force: bool = False
 ) -> DatasetResult:
     """Build (or find up to date) dataset ``config.name``; one run at a time per dataset (a second one fails at once,
-    naming the first, instead of mixing two configs' files and records)."""
-    with ArtifactLock(ws, "dataset", config.name):
+    naming the first, instead of mixing two configs' files and records). The temporary files a killed run left in the
+    dataset's folder are removed first."""
+    with ArtifactLock(ws, "dataset", config.name) as lock:
+        lock.remove_leftovers(ws.dataset_dir(config.name))  # what a killed run of this dataset left (.tmp-*)
         return _build_dataset(ws, config, video_ids, force)
 
 

@@ -29,7 +29,9 @@ from pipeline.detector_runtime import (
 from pipeline.track_cleanup import HIST_BINS, appearance_histogram, clean_tracks
 from pipeline.video import probe_video
 from storage import Catalog, Workspace, stage_key
+from storage.locks import ArtifactLock, ArtifactLockedError
 from storage.tables import TRACK_COLUMNS, write_tracks
+from storage.workspace import DiskFullError
 
 TRACKER_FILES = {"bytetrack": "bytetrack.yaml", "botsort": "botsort.yaml"}
 UNTRACKED_CLASSES = ("sports ball",)
@@ -250,6 +252,9 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
                 progress: bool = True) -> TrackResult:  # fmt: skip
     """Detect and track one video of the workspace, clean the tracks up, write ``tracks/<video_id>.parquet``.
 
+    Holds the video's ``tracks`` lock (``storage.locks``) while it runs: a second run of the video fails at once,
+    naming the first. A full disk raises :class:`DiskFullError` (recorded as failed) instead of failing one video.
+
     The catalog record's meta counts what the cleanup did (``cleanup``: raw tracks, merged duplicates, stitched
     tracklets, rejected tracks by reason)."""
     catalog = Catalog(ws)
@@ -257,6 +262,19 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
     if video is None or video.status != "done":
         raise ValueError(f"video {video_id!r} is not in the workspace (or failed to download); run `mas download`")
     key = stage_key("track", [video.key or video_id], cfg)
+    try:  # one run per video, on any host: a killed one's record turns interrupted once its heartbeat stops
+        lock = ArtifactLock(ws, "tracks", video_id).acquire()
+    except ArtifactLockedError as exc:
+        return TrackResult(video_id, "failed", error=str(exc))
+    try:
+        lock.remove_leftovers(ws.path("tracks"), [f"{video_id}.parquet"])
+        return _track_video(ws, catalog, video, video_id, key, cfg, model, force, progress)
+    finally:
+        lock.release()
+
+
+def _track_video(ws: Workspace, catalog: Catalog, video, video_id: str, key: str, cfg: DetectorConfig, model,
+                 force: bool, progress: bool) -> TrackResult:  # fmt: skip
     if not force and catalog.is_done("tracks", video_id, key):
         record = catalog.get("tracks", video_id)
         return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0))
@@ -276,6 +294,8 @@ def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, f
                                                   "cleanup": report.as_meta()})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("tracks", video_id, exc, key=key)
+        if isinstance(exc, DiskFullError):  # no other video can be written either: the stage stops, saying where
+            raise
         return TrackResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     tracked = table[table["track_id"] >= 0]
     meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames,

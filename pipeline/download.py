@@ -19,6 +19,9 @@ from pipeline.config import DownloadConfig, Source
 from pipeline.nba_source import NbaApiSource
 from pipeline.video import VideoError, is_video_file, probe_video, write_trimmed
 from storage import Catalog, Workspace, file_sha256, slugify
+from storage.locks import ArtifactLock
+
+IMPORT_WAIT_S = 600.0  # how long an import waits for another run importing the same file
 
 
 @dataclass
@@ -65,13 +68,27 @@ def _find_by_hash(catalog: Catalog, sha: str) -> str | None:
 
 
 def ingest_file(ws: Workspace, path: Path, source: Source, origin: str) -> IngestResult:
-    """Hash, probe, trim and copy one local video into the workspace (atomically), recording it in the catalog."""
+    """Hash, probe, trim and copy one local video into the workspace (atomically), recording it in the catalog.
+
+    Holds the video's lock (``storage.locks``) while it copies: a second import of the same file waits for the first
+    (up to :data:`IMPORT_WAIT_S`) and then finds it a duplicate; the temporary files a killed import of the video left
+    in its folder are removed first."""
     catalog = Catalog(ws)
     sha = file_sha256(path)
     video_id = f"{slugify(path.stem, 40)}-{sha[:10]}"
     duplicate = _find_by_hash(catalog, sha)
     if duplicate is not None:
         return IngestResult(duplicate, "duplicate", origin)
+    with ArtifactLock(ws, "video", video_id, wait=IMPORT_WAIT_S) as lock:
+        duplicate = _find_by_hash(catalog, sha)  # imported by the run this one waited for
+        if duplicate is not None:
+            return IngestResult(duplicate, "duplicate", origin)
+        lock.remove_leftovers(ws.video_dir(video_id))
+        return _ingest(ws, catalog, path, source, origin, sha, video_id)
+
+
+def _ingest(ws: Workspace, catalog: Catalog, path: Path, source: Source, origin: str, sha: str,
+            video_id: str) -> IngestResult:  # fmt: skip
     try:
         info = probe_video(path)
         with tempfile.TemporaryDirectory(prefix="mas-trim-") as tmp:

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 
 from pipeline.skeletons import resolve_skeleton
-from pipeline.video import iter_frames
+from pipeline.video import VideoError, check_written, iter_frames
 from storage import Catalog, Workspace
+from storage.locks import ArtifactLock
 from storage.tables import keypoints_of, read_poses, read_tracks
 
 
@@ -38,7 +39,17 @@ def draw_frame(image_rgb: np.ndarray, boxes, track_ids, keypoints, skeleton, thr
 
 
 def write_overlay(ws: Workspace, video_id: str, max_width: int = 960, threshold: float = 0.3) -> tuple[str, str]:
-    """Write ``overlays/<video_id>.mp4`` and ``overlays/<video_id>.png`` (the frame with the most people)."""
+    """Write ``overlays/<video_id>.mp4`` and ``overlays/<video_id>.png`` (the frame with the most people).
+
+    Part of the pose stage: it holds the video's ``poses`` lock, removes the temporary files a killed overlay of the
+    video left, and reads the video back before it takes its name (:func:`check_written`; a full disk raises
+    ``DiskFullError`` naming the file)."""
+    with ArtifactLock(ws, "poses", video_id) as lock:
+        lock.remove_leftovers(ws.path("overlays"), [f"{video_id}.mp4", f"{video_id}.png"])
+        return _write_overlay(ws, video_id, max_width, threshold)
+
+
+def _write_overlay(ws: Workspace, video_id: str, max_width: int, threshold: float) -> tuple[str, str]:
     catalog = Catalog(ws)
     video = catalog.get("video", video_id)
     tracks, meta = read_tracks(ws, video_id)
@@ -52,7 +63,7 @@ def write_overlay(ws: Workspace, video_id: str, max_width: int = 960, threshold:
     snapshot = None
     mp4 = ws.overlay_path(video_id)
     with ws.local_copy(ws.absolute(video.outputs[0])) as local, ws.atomic_path(mp4) as tmp:
-        writer = None
+        writer, written = None, 0
         for frame, image in iter_frames(local):
             group = by_frame.get(frame)
             if group is not None:
@@ -73,10 +84,13 @@ def write_overlay(ws: Workspace, video_id: str, max_width: int = 960, threshold:
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(meta["fps"]),
                                          (canvas.shape[1], canvas.shape[0]))  # fmt: skip
             writer.write(canvas)
+            written += 1
             if frame == busiest:
                 snapshot = canvas
-        if writer is not None:
-            writer.release()
+        if writer is None:
+            raise VideoError(f"{local}: no frame decodes, so there is no overlay to draw")
+        writer.release()
+        check_written(tmp, written)  # before the rename: OpenCV's writer says nothing of a full disk
     png = mp4.removesuffix(".mp4") + ".png"
     if snapshot is not None:
         ok, encoded = cv2.imencode(".png", snapshot)

@@ -38,7 +38,9 @@ from pipeline.pose_refine import refine_poses
 from pipeline.skeletons import Skeleton, get_skeleton, skeleton_meta
 from pipeline.video import is_variable_rate, iter_timed_frames
 from storage import Catalog, Workspace, stage_key
+from storage.locks import ArtifactLock, ArtifactLockedError
 from storage.tables import poses_frame, read_tracks, write_poses
+from storage.workspace import DiskFullError
 
 # BlazePose landmark index of each COCO-17 joint
 BLAZEPOSE_TO_COCO17 = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
@@ -646,19 +648,39 @@ def boxes_by_frame(people: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarr
 def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton | str,
                backend: PoseBackend | None = None, force: bool = False,
                progress: bool = True) -> PoseResult:  # fmt: skip
-    """Estimate poses for every tracked box of one video, writing ``poses/<video_id>.parquet`` in ``skeleton``."""
+    """Estimate poses for every tracked box of one video, writing ``poses/<video_id>.parquet`` in ``skeleton``.
+
+    Holds the video's ``poses`` lock (``storage.locks``) while it runs: a second run of the video fails at once,
+    naming the first. A full disk raises :class:`DiskFullError` (recorded as failed) instead of failing one video."""
     catalog = Catalog(ws)
     tracks_record = catalog.get("tracks", video_id)
-    if tracks_record is None or tracks_record.status != "done":
-        raise ValueError(f"video {video_id!r} has no finished tracks; run `mas track` first")
+    if tracks_record is None:
+        raise ValueError(f"video {video_id!r} has no tracks; run `mas track --video {video_id}` first")
+    if tracks_record.status != "done":
+        raise ValueError(f"the tracks of video {video_id!r} {catalog.unfinished(tracks_record)[1]}; rerun "
+                         f"`mas track --video {video_id}` (with your -c and -w) first")  # fmt: skip
     skeleton = as_skeleton(skeleton)
     stored = skeleton_meta(skeleton)
     # the thread count changes how fast, never what: it is not part of the key (poses made with any count are kept)
     # (nor is mediapipe_model at its default, full: the model of every pose made before the setting existed)
     kept_out = {"workers"} | ({"mediapipe_model"} if cfg.mediapipe_model == "full" else set())
     key = stage_key("pose", [tracks_record.key or video_id], {"pose": cfg.model_dump(exclude=kept_out), **stored})
+    try:  # one run per video, on any host: a killed one's record turns interrupted once its heartbeat stops
+        lock = ArtifactLock(ws, "poses", video_id).acquire()
+    except ArtifactLockedError as exc:
+        return PoseResult(video_id, "failed", error=str(exc))
+    try:
+        lock.remove_leftovers(ws.path("poses"), [f"{video_id}.parquet"])
+        return _pose_video(ws, catalog, video_id, cfg, skeleton, key, backend, force, progress)
+    finally:
+        lock.release()
+
+
+def _pose_video(ws: Workspace, catalog: Catalog, video_id: str, cfg: PoseConfig, skeleton: Skeleton, key: str,
+                backend: PoseBackend | None, force: bool, progress: bool) -> PoseResult:  # fmt: skip
     if not force and catalog.is_done("poses", video_id, key):
         return PoseResult(video_id, "skipped", catalog.get("poses", video_id).meta.get("rows", 0))
+    stored = skeleton_meta(skeleton)
     catalog.mark_running("poses", video_id, key=key)
     made = None  # a backend made here is closed here (its graphs, threads and memory); a caller's is the caller's
     try:
@@ -711,6 +733,8 @@ def pose_video(ws: Workspace, video_id: str, cfg: PoseConfig, skeleton: Skeleton
                                                  "vfr": vfr})  # fmt: skip
     except Exception as exc:
         catalog.mark_failed("poses", video_id, exc, key=key)
+        if isinstance(exc, DiskFullError):  # no other video can be written either: the stage stops, saying where
+            raise
         return PoseResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     finally:
         if made is not None and hasattr(made, "close"):

@@ -108,7 +108,8 @@ def run_sampling(
             "pick a run trained on the right dataset"
         )
     skeleton = trained.skeleton_model
-    with ArtifactLock(ws, "sample", name):  # one writer per sample set
+    with ArtifactLock(ws, "sample", name) as lock:  # one writer per sample set
+        lock.remove_leftovers(ws.samples_dir(name))  # what a killed run of this set left (.tmp-*)
         catalog.mark_running("sample", name, key=key, run=run, method=method)
         try:
             start = time.perf_counter()

@@ -20,7 +20,9 @@ def run_training(
     catalog = Catalog(ws)
     lead = int(os.environ.get("RANK", "0")) == 0
     lock = ArtifactLock(ws, "checkpoint", run) if lead else contextlib.nullcontext()
-    with lock:
+    with lock as held:
+        if held is not None:  # rank 0, the only writer of the run's folder: what a killed run left there goes
+            held.remove_leftovers(ws.checkpoint_dir(run))
         catalog.mark_running("checkpoint", run, dataset=dataset)
         try:
             result = train(ws, dataset, run, config, resume=resume, progress=progress)

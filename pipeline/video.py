@@ -80,6 +80,17 @@ def probe_video(path: str | Path) -> VideoInfo:
         capture.release()
 
 
+def check_written(path: str | Path, frames: int) -> VideoInfo:
+    """Read a video just written back through :func:`probe_video` and check that its ``frames`` frames decode.
+
+    OpenCV's writer reports no error: on a full disk it leaves a file without its index (no ``moov`` atom) or with
+    fewer frames, which must not be renamed into place. Raises :class:`VideoError` naming the file."""
+    info = probe_video(path)  # a file without its index does not open: VideoError
+    if info.frames != frames:
+        raise VideoError(f"{path}: {info.frames} of the {frames} frames written decode back (a torn write)")
+    return info
+
+
 def iter_frames(path: str | Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(frame_index, RGB frame)`` from ``start`` to ``stop`` (exclusive), decoding as it goes."""
     for index, _, frame in iter_timed_frames(path, start, stop):
@@ -161,7 +172,7 @@ def write_trimmed(src: str | Path, dst: str | Path, start_s: float | None, end_s
         writer.release()
     if written == 0:
         raise VideoError(f"{src}: trim window [{start_s}, {end_s}) s holds no frame of a {info.duration:.1f} s video")
-    return probe_video(dst)
+    return check_written(dst, written)
 
 
 def is_video_file(path: Path) -> bool:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.skeletons import Skeleton  # noqa: E402
+from pipeline.video import check_written  # noqa: E402
 
 LEFT, RIGHT, CENTRE = "#1f77b4", "#d62728", "#444444"
 
@@ -50,6 +51,7 @@ def write_video(frames: list[np.ndarray], path: str, fps: float) -> str:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+    check_written(path, len(frames))  # OpenCV's writer says nothing of a full disk: read the file back
     return path
 
 

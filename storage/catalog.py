@@ -275,6 +275,20 @@ class Catalog:
 
         return process_gone(record.meta.get("owner") or {}) or ArtifactLock(self.ws, record.kind, record.id).stale()
 
+    def unfinished(self, record: Record) -> tuple[str, str]:
+        """The state of a record that is not done and why, in words that follow "the tracks of video X": for a
+        ``running`` record, ``interrupted`` (its run is gone, on this host or, by its lock's heartbeat, on any other)
+        or ``running`` (who runs it); for a ``failed`` one, its error."""
+        owner = record.meta.get("owner") or {}
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+        if record.status == "running":
+            if self.interrupted(record):
+                return "interrupted", f"were interrupted (the run of {who} is gone)"
+            return "running", f"are still being computed ({who})"
+        if record.status == "failed":
+            return "failed", f"failed ({record.error})"
+        return record.status, f"are {record.status}"
+
     def is_done(self, kind: str, artifact_id: str, key: str | None = None) -> bool:
         """Is the artifact done and whole? A damaged one is reported (a warning naming the file): its stage, which
         asks this before skipping work, computes it again."""

@@ -6,12 +6,15 @@ seconds and then fails with a message naming the holder. The lock file is create
 disk; on other fsspec stores an exclusive-create open where the store offers one, else write-then-read-back of an
 owner token, which closes all but a sub-second race). A holder refreshes its heartbeat every ``heartbeat_s``; a lock
 whose heartbeat is older than ``stale_s`` (a killed run), or whose holder process is gone on this host, is taken
-over with a warning.
+over with a warning. The holder removes the temporary files that killed writes of its artifact left
+(:meth:`ArtifactLock.remove_leftovers`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import socket
 import threading
@@ -22,10 +25,11 @@ from typing import Any
 
 from storage.catalog import KINDS
 from storage.ids import check_id
-from storage.workspace import Workspace
+from storage.workspace import DiskFullError, Workspace, temporary_prefix
 
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
+log = logging.getLogger(__name__)
 
 
 class ArtifactLockedError(RuntimeError):
@@ -102,8 +106,14 @@ class ArtifactLock:
         if self.ws.is_local:
             if mode == "x":
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        handle.write(data)
+                except OSError as exc:  # a full disk: no half-written lock is left, and the error says where
+                    os.unlink(self.path)
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFullError(f"disk full at {self.path}: free space and rerun ({exc})") from exc
+                    raise
             else:
                 self.ws.write_bytes(self.path, data)
             return
@@ -127,7 +137,12 @@ class ArtifactLock:
         return bool(held) and held.get("token") == self.token
 
     def acquire(self) -> ArtifactLock:
-        self.ws.fs.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            self.ws.fs.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"disk full at {self.path}: free space and rerun ({exc})") from exc
+            raise
         deadline = time.time() + self.wait
         while True:
             if self._try_acquire():
@@ -153,7 +168,10 @@ class ArtifactLock:
         while not self._stop.wait(self.heartbeat_s):
             held = self.holder()
             if held and held.get("token") == self.token:
-                self._write("w")
+                try:
+                    self._write("w")
+                except OSError as exc:  # a full disk, a store that hiccups: this beat is missed, the next one tries
+                    log.warning("lock %s: heartbeat not written (%s)", self.path, exc)
 
     def release(self) -> None:
         self._stop.set()
@@ -162,6 +180,32 @@ class ArtifactLock:
         held = self.holder()
         if held and held.get("token") == self.token:
             self.ws.remove(self.path)
+
+    # ------------------------------------------------------------------------------------------------ clean-up
+    def remove_leftovers(self, folder: str, names: list[str] | None = None) -> list[str]:
+        """Remove the temporary files (``.tmp-*``) that killed writes left in ``folder``; call it holding the lock.
+
+        Those of the files ``names`` (every one in ``folder`` when ``names`` is None: a folder of this artifact
+        alone) go at any age, since holding the lock means no other run writes them; any other one only once it
+        has not changed for ``stale_s`` (older names that do not say their target; a live writer of another artifact
+        keeps its file changing, or holds it for moments). Returns the removed paths."""
+        if self._beat is None:
+            raise RuntimeError(f"remove_leftovers needs the lock of {self.kind} {self.id!r} held")
+        owned = None if names is None else tuple(temporary_prefix(n) for n in names)
+        removed = []
+        for path, modified in self.ws.temporaries(folder):
+            name = os.path.basename(path)
+            old = modified is not None and time.time() - modified > self.stale_s
+            if owned is None or name.startswith(owned) or old:
+                try:
+                    self.ws.remove(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+        if removed:
+            log.info("%s %s: removed %d temporary file(s) that killed runs left: %s", self.kind, self.id, len(removed),
+                     ", ".join(removed))  # fmt: skip
+        return removed
 
     def __enter__(self) -> ArtifactLock:
         return self.acquire()

@@ -2,7 +2,9 @@
 
 The root is a local directory (the default) or any fsspec URL (``s3://bucket/mas``, ``memory://x``) so that workers on
 several machines can share one workspace. Every write is atomic: data goes to a temporary name in the destination
-folder and is renamed into place, so a killed run never leaves a half-written artifact under its final name.
+folder and is renamed into place, so a killed run never leaves a half-written artifact under its final name. The
+temporary name names its target (``.tmp-<name>.<random>``), so the next run of the stage that writes it removes what
+a killed run left there (``ArtifactLock.remove_leftovers``).
 
 Layout under the root::
 
@@ -84,6 +86,14 @@ def _no_room(exc: BaseException, directory: str, tmp: str) -> str | None:
     if code == errno.EFBIG or (limit != resource.RLIM_INFINITY and size >= limit):
         return f"file size limit reached ({size} bytes written; `ulimit -f` is {limit} bytes)"
     return None
+
+
+TMP_PREFIX = ".tmp-"  # the temporary files of atomic writes: ``.tmp-<target name>.<random><suffix>``
+
+
+def temporary_prefix(name: str) -> str:
+    """How the temporary files of an atomic write of the file ``name`` begin (see :meth:`Workspace.atomic_path`)."""
+    return f"{TMP_PREFIX}{name}."
 
 
 class Workspace:
@@ -188,10 +198,11 @@ class Workspace:
         :class:`DiskFullError` naming ``path`` and the fix, whatever the library said.
         """
         suffix = "".join(Path(path).suffixes[-2:])
+        prefix = temporary_prefix(os.path.basename(path))  # names its target: a killed write's file is found by name
         if self.is_local:
             directory = os.path.dirname(path)
             os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
             os.close(fd)
             try:
                 yield tmp
@@ -208,7 +219,7 @@ class Workspace:
         with tempfile.TemporaryDirectory(prefix="mas-write-") as tmp_dir:
             tmp = os.path.join(tmp_dir, "payload" + suffix)
             yield tmp
-            remote_tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}{suffix}"
+            remote_tmp = f"{os.path.dirname(path)}/{prefix}{uuid.uuid4().hex}{suffix}"
             self.fs.makedirs(os.path.dirname(path), exist_ok=True)
             self.fs.put_file(tmp, remote_tmp)
             try:
@@ -233,6 +244,34 @@ class Workspace:
         with self.atomic_path(path) as tmp:
             shutil.copyfile(local_file, tmp)
         return path
+
+    def temporaries(self, folder: str) -> list[tuple[str, float | None]]:
+        """The temporary files of atomic writes (``.tmp-*``) directly in ``folder``, each with its modification time
+        (seconds since the epoch; None where the store does not say): what killed writes leave behind."""
+        found: list[tuple[str, float | None]] = []
+        if self.is_local:
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                            try:
+                                found.append((f"{folder}/{entry.name}", entry.stat(follow_symlinks=False).st_mtime))
+                            except FileNotFoundError:  # renamed or removed since the listing
+                                continue
+            except FileNotFoundError:
+                return []
+            return found
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if os.path.basename(name.rstrip("/")).startswith(TMP_PREFIX):
+                try:
+                    found.append((name, self.fs.modified(name).timestamp()))
+                except (FileNotFoundError, NotImplementedError, OSError, AttributeError):
+                    found.append((name, None))
+        return found
 
     def remove(self, path: str) -> None:
         if self.fs.exists(path):

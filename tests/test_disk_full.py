@@ -94,3 +94,74 @@ def test_a_file_size_limit_is_named_too(tmp_path):
     assert _leftovers(tmp_path) == []
     record = Catalog(ws).get("checkpoint", "run")
     assert record.status == "failed" and "file size limit" in record.error
+
+
+def _noise_video(path: Path, frames: int = 30, size=(160, 120)) -> Path:
+    """Frames of noise: an mp4 that does not compress, so its overlay needs hundreds of kB."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, size)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` bytes free (0: to the last block)."""
+    filler = disk / f"filler-{leave}"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while (free := os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize) > leave:
+                handle.write(b"\0" * min(65536, max(free - leave, 4096)))
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_never_publishes_a_torn_overlay_and_says_so_in_one_line(small_disk, tmp_path, person_detector):
+    """OpenCV's writer says nothing when the disk fills: the overlay is read back (frame count) before the rename,
+    so no torn mp4 takes its final name, and `mas pose` prints the one-line error (no traceback), on a nearly full
+    disk and on a full one; once space is freed the rerun writes the whole overlay."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.assets import PERSON_DETECTOR_CLASSES
+    from pipeline.cli import app
+    from pipeline.config import Source
+    from pipeline.download import ingest_file
+    from pipeline.video import probe_video
+
+    ws = Workspace(small_disk / "ws")
+    video = ingest_file(ws, _noise_video(tmp_path / "noise.mp4"), Source(kind="local", value="x"), "x")
+    assert video.status == "done", video.error
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "c", "skeleton": "coco17", "fps": 15,
+                                      "sources": [{"kind": "local", "value": "x"}], "pose": {"backend": "mediapipe"},
+                                      "detector": {"weights": str(person_detector), "classes": ["person"],
+                                                   "class_names": PERSON_DETECTOR_CLASSES, "imgsz": 160}}))  # fmt: skip
+    runner = CliRunner()
+    args = ["-c", str(config), "-w", ws.root]
+    for stage in (["track"], ["pose", "--no-overlay"]):
+        done = runner.invoke(app, [*stage, *args])
+        assert done.exit_code == 0, done.output
+    overlay = Path(ws.overlay_path(video.video_id))
+    fillers = [_fill(small_disk, 64 * 1024)]  # room for a lock file, not for the overlay
+    for _ in range(2):  # the rerun on the same disk fails the same way
+        torn = runner.invoke(app, ["pose", *args])
+        said = " ".join(torn.output.split())
+        assert torn.exit_code == 2 and isinstance(torn.exception, SystemExit), torn.output
+        assert said.startswith("error: disk full") and f"at {overlay}: free space and rerun" in said, said
+        assert "Traceback" not in torn.output and not overlay.exists() and _leftovers(small_disk) == []
+    fillers.append(_fill(small_disk, 0))  # not a block left: the lock file itself cannot be written
+    full = runner.invoke(app, ["pose", *args])
+    said = " ".join(full.output.split())
+    assert full.exit_code == 2 and said.startswith("error: disk full") and "free space and rerun" in said, said
+    assert "Traceback" not in full.output and not overlay.exists() and _leftovers(small_disk) == []
+    for filler in fillers:
+        filler.unlink()
+    again = runner.invoke(app, ["pose", *args])
+    assert again.exit_code == 0 and "overlay" in again.output, again.output
+    assert probe_video(overlay).frames == 30
