@@ -50,6 +50,10 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--prediction", default="v", choices=["v", "x0"], help="what the denoiser predicts")
+    parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=0, help="procedural motions, split and training seed")
     parser.add_argument("--n", type=int, default=1000, help="motions per draw")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sds-iterations", type=int, default=500)
@@ -67,14 +71,15 @@ def main() -> None:
     ws = Workspace(args.workspace or tempfile.mkdtemp(prefix="mas-bench-"))
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, num_layers=args.layers,
                         latent_dim=args.latent_dim, ff_size=2 * args.latent_dim, dropout=0.1,
-                        save_every=max(args.steps // 10, 1), log_every=100, ema_decay=0.999)  # fmt: skip
+                        save_every=max(args.steps // 10, 1), log_every=100, ema_decay=args.ema_decay,
+                        prediction=args.prediction, lr_schedule=args.lr_schedule)  # fmt: skip
     evaluator = EvaluatorConfig(num_joints=1, num_layers=args.evaluator_layers, latent_dim=args.evaluator_dim,
                                 ff_size=args.evaluator_ff)  # fmt: skip
     ablations = tuple(ABLATIONS) if args.ablations == "all" else tuple(filter(None, args.ablations.split(",")))
     spec = BenchmarkSpec(name="bench", procedural=args.motions, length=args.length, train=train, n=args.n,
                          repeats=args.repeats, sds_iterations=args.sds_iterations, evaluator=evaluator,
                          evaluator_max_steps=args.evaluator_steps, device=args.device, precision=args.precision,
-                         rigid_bones=args.rigid_bones, ablations=ablations)  # fmt: skip
+                         rigid_bones=args.rigid_bones, ablations=ablations, seed=args.seed)  # fmt: skip
     result = run_benchmark_3d(ws, spec, sample_only=args.sample_only)
     if result is None:
         return

@@ -33,7 +33,7 @@ from models.checkpoint import (
     restore_numpy_state,
     save_checkpoint,
 )
-from models.denoiser import DenoiserConfig, MotionDenoiser
+from models.denoiser import PREDICTIONS, DenoiserConfig, MotionDenoiser
 from models.diffusion import DEFAULT_NOISE_SCHEDULE, Diffusion
 from models.hardware import native_bf16
 from pipeline.skeletons import dataset_skeleton, resolve_skeleton
@@ -45,6 +45,8 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+LR_SCHEDULES = ("cosine", "constant")
+HELDOUT_TIMESTEPS = (0, 2, 5, 10, 20, 40, 70, 99)  # where the held-out loss is measured (clipped to the schedule)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -63,7 +65,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int | None = None  # linear warm-up; None: 5% of the steps
+    lr_schedule: str = "cosine"  # after warm-up: cosine decay to lr * min_lr_ratio at the last step, or constant
+    min_lr_ratio: float = 0.05
+    prediction: str = "v"  # what the denoiser's last layer predicts (models/denoiser.py): v (EDM-style) or x0
     diffusion_steps: int = 100
     noise_schedule: str = DEFAULT_NOISE_SCHEDULE  # the official default; "cosine" is the plain cosine
     max_len: int = 120  # frames per training window; longer clips are cropped at random
@@ -91,6 +96,14 @@ class TrainConfig:
             raise ValueError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"train config: lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train config: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                             f"{self.lr_schedule!r}")  # fmt: skip
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"train config: prediction must be one of {', '.join(PREDICTIONS)}, got "
+                             f"{self.prediction!r}")  # fmt: skip
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train config: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         try:
             Diffusion.named(self.noise_schedule, 2)
         except ValueError as err:
@@ -108,6 +121,7 @@ class TrainResult:
     first_loss: float
     samples_per_s: float
     precision: str = "fp32"  # what the forward passes ran in: "bf16" (autocast) or "fp32"
+    heldout_loss: float = math.nan  # the EMA model's x0 error on test-split windows (HELDOUT_TIMESTEPS), at the end
     history: list[dict[str, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)  # the live (non-EMA) model of this process
 
@@ -174,10 +188,63 @@ def check_trainable(dataset: MotionDataset, name: str) -> None:
         )
 
 
-def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the joints where ``mask [B, L, J]`` is true (confident joints of real frames)."""
+def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+              sample_weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean squared error over the joints where ``mask [B, L, J]`` is true (confident joints of real frames), each
+    sample's error scaled by ``sample_weight [B]`` when given."""
     weight = mask.unsqueeze(-1).to(pred.dtype)
-    return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+    error = (pred - target) ** 2 * weight
+    if sample_weight is not None:
+        error = error * sample_weight.reshape(-1, 1, 1, 1).to(pred.dtype)
+    return error.sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def x0_loss_weight(diffusion: Diffusion, t: torch.Tensor, prediction: str) -> torch.Tensor | None:
+    """Per-sample weight of the x0 error that makes the loss the network's own: for v, |x̂0 − x0|² = (1 − ᾱ) |v̂ − v|²,
+    so the x0 error is weighted by 1 / (1 − ᾱ_t) (EDM's λ = 1 / c_out²); for x0, none."""
+    if prediction == "x0":
+        return None
+    return torch.as_tensor(1.0 / (1.0 - diffusion.alphas_cumprod), dtype=torch.float32, device=t.device)[t]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): linear warm-up, then constant or cosine decay to
+    ``lr * min_lr_ratio`` at the last step."""
+    warmup = max(1, cfg.steps // 20) if cfg.warmup_steps is None else cfg.warmup_steps
+    if warmup and step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + (cfg.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def heldout_x0_errors(model: nn.Module, diffusion: Diffusion, dataset: MotionDataset, timesteps, seed: int = 1,
+                      windows: int = 256, max_len: int = 120) -> dict[int, dict[str, float]]:  # fmt: skip
+    """On ``windows`` test-split windows (seeded, the same for every model), per timestep t: ``x0_mse`` (masked x0
+    error of the model's x̂0) and ``ratio`` = |x̂0 − x0| / |x_t − x0| (below 1: the output is nearer the clean clip
+    than the input). Empty when the dataset has no test split."""
+    try:
+        rows = dataset.split("test")
+    except ValueError:
+        return {}
+    device = next(model.parameters()).device
+    sampler = BatchSampler(dataset, max_len, np.random.default_rng(seed), rows)
+    z, mask, valid = (torch.from_numpy(a).to(device) for a in sampler.draw(windows))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = {}
+    for step in timesteps:
+        t = torch.full((windows,), int(step), dtype=torch.long, device=device)
+        xt = diffusion.q_sample(z, t, torch.randn(z.shape, generator=generator).to(device))
+        x0 = model(xt, t, valid).float()
+        err, base = masked_l2(x0, z, mask), masked_l2(xt, z, mask)
+        out[int(step)] = {"x0_mse": float(err), "ratio": float((err / base.clamp_min(1e-12)).sqrt())}
+    model.train(was_training)
+    return out
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -188,7 +255,7 @@ def _distributed() -> tuple[int, int, int]:
 def _write_metrics(ws: Workspace, folder: str, history: list[dict[str, float]]) -> tuple[str, str | None]:
     csv_path = f"{folder}/metrics.csv"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["step", "loss", "lr", "samples_per_s"])
+    writer = csv.DictWriter(buffer, fieldnames=["step", "loss", "lr", "samples_per_s", "heldout_loss"])
     writer.writeheader()
     writer.writerows(history)
     ws.write_text(csv_path, buffer.getvalue())
@@ -201,7 +268,7 @@ def _write_metrics(ws: Workspace, folder: str, history: list[dict[str, float]]) 
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1.2)
-    ax.set(xlabel="step", ylabel="masked L2 loss (x0)", yscale="log", title="training loss")
+    ax.set(xlabel="step", ylabel="masked L2 loss (of the network's prediction)", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     png_path = f"{folder}/loss.png"
@@ -216,7 +283,8 @@ def _read_metrics(ws: Workspace, folder: str, up_to_step: int) -> list[dict[str,
     if not ws.exists(path):
         return []
     rows = csv.DictReader(io.StringIO(ws.read_text(path)))
-    return [{k: float(v) for k, v in row.items()} for row in rows if float(row["step"]) <= up_to_step]
+    return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in rows
+            if float(row["step"]) <= up_to_step]  # fmt: skip
 
 
 def train(
@@ -259,6 +327,9 @@ def train(
         num_heads=cfg.num_heads,
         dropout=cfg.dropout,
         max_len=max(cfg.max_len, 16),
+        prediction=cfg.prediction,
+        noise_schedule=cfg.noise_schedule,
+        diffusion_steps=cfg.diffusion_steps,
     )
     model = MotionDenoiser(model_cfg).to(device)
     ema = MotionDenoiser(model_cfg).to(device)
@@ -317,9 +388,22 @@ def train(
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )  # fmt: skip
 
+    heldout_steps = sorted({min(t, diffusion.num_steps - 1) for t in HELDOUT_TIMESTEPS})
+    heldout_loss = math.nan
+
+    def measure_heldout() -> None:
+        """The EMA model's x0 error on test-split windows, logged with the step (rank 0; none without a test split)."""
+        nonlocal heldout_loss
+        errors = heldout_x0_errors(ema, diffusion, dataset, heldout_steps, max_len=cfg.max_len)
+        if errors and history:
+            heldout_loss = float(np.mean([e["x0_mse"] for e in errors.values()]))
+            history[-1]["heldout_loss"] = heldout_loss
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", heldout=f"{heldout_loss:.4f}")
+
     def save() -> None:
         if rank != 0:
             return
+        measure_heldout()
         payload = {
             "step": step,
             "model": model.state_dict(),
@@ -357,12 +441,12 @@ def train(
         t = torch.randint(0, diffusion.num_steps, (cfg.batch_size,), device=device)
         noise = torch.randn_like(z)
         xt = diffusion.q_sample(z, t, noise)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:
             pred = train_model(xt, t, valid)
-        loss = masked_l2(pred.float(), z, mask)
+        loss = masked_l2(pred.float(), z, mask, x0_loss_weight(diffusion, t, cfg.prediction))
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingDivergedError(
@@ -407,6 +491,7 @@ def train(
         first_loss=first_loss,
         samples_per_s=samples_per_s,
         precision="bf16" if autocast_dtype is not None else "fp32",
+        heldout_loss=heldout_loss,
         history=history,
         model=model,
     )

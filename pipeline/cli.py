@@ -6,6 +6,7 @@ config and prints results. Errors in arguments or configs exit with status 2 and
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -422,6 +423,16 @@ def train(
         Literal["auto", "fp32", "bf16"],
         typer.Option(help="auto: bf16 autocast where the device computes bf16 natively (GPUs; AVX512-BF16/AMX CPUs)."),
     ] = "auto",
+    prediction: Annotated[
+        Literal["v", "x0"],
+        typer.Option(help="What the network predicts: v (EDM-style, right at low noise) or x0 (the MAS code)."),
+    ] = "v",
+    lr_schedule: Annotated[
+        Literal["cosine", "constant"], typer.Option(help="After warm-up: cosine decay to 5% of --lr, or constant.")
+    ] = "cosine",
+    warmup_steps: Annotated[
+        int | None, typer.Option(min=0, help="Linear warm-up steps (default: 5% of --steps).")
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Stage 5: train the 2D motion diffusion model (resumes from the run's last checkpoint)."""
@@ -435,7 +446,7 @@ def train(
         cfg = TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, max_len=max_len, num_layers=layers, latent_dim=latent_dim,
             save_every=save_every, device=device, compile=compile, seed=seed, noise_schedule=noise_schedule,
-            precision=precision,
+            precision=precision, prediction=prediction, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
         )  # fmt: skip
         result = run_training(ws, dataset, run or dataset, cfg, resume=not fresh)
     except (DiskFullError, ValueError, DatasetFormatError, CheckpointError, TrainingDivergedError, RuntimeError) as exc:
@@ -447,7 +458,8 @@ def train(
         if dist.is_available() and dist.is_initialized():  # under torchrun: tear gloo/NCCL down on every rank
             dist.barrier()
             dist.destroy_process_group()
-    typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f} ({result.precision}), "
+    heldout = "" if math.isnan(result.heldout_loss) else f", held-out x0 loss {result.heldout_loss:.4f}"
+    typer.echo(f"run {result.run}: step {result.step}, loss {result.final_loss:.4f} ({result.precision}){heldout}, "
                f"checkpoint {result.checkpoint}")  # fmt: skip
 
 
