@@ -271,7 +271,9 @@ def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
     assert table.loc[table["view"] != "all", "mpjpe"].isna().all()
     assert set(HEADLINE_2D) <= set(table.columns)
     text = markdown_report(table, result.warnings)
-    assert "fid ★" in text and "mpjpe ★" in text and "floor" in text and "±" in text
+    assert "fid ★" in text and "mpjpe_rootrel ★" in text and "floor" in text and "±" in text
+    for column in ("| mpjpe |", "| mpjpe_pose |", "| mpjpe_traj |", "| travel |", "| climb |"):
+        assert column in text, column  # beside the headline, unstarred
     assert ranking_failures(table) == result.warnings
     assert {p.rsplit("/", 1)[1] for p in result.paths} == {"metrics.csv", "metrics.md", "metrics.png"}
     assert ws.exists(f"{result.evaluator_folder}/loss.csv") and ws.exists(f"{result.evaluator_folder}/loss.png")
@@ -333,7 +335,7 @@ def test_benchmark_3d_on_a_users_npz_in_one_command(tmp_path):
                  "3D metrics against the held-out 3D motions", "benchmark.md"):  # fmt: skip
         assert text in out.output, text
     report = (tmp_path / "ws" / "evaluations" / "mocap-eval" / "benchmark.md").read_text()
-    assert "mpjpe ★" in report and "whole clips held out" in report
+    assert "mpjpe_rootrel ★" in report and "| travel |" in report and "whole clips held out" in report
     # Table 3 rows on the same run and evaluator (cached: no retraining), in their own evaluation at this n
     ablation = CliRunner().invoke(app, [*args[:-1], "--ablation", "views2", "--ablation", "steps20", "--ablation",
                                         "dist2m", "--ablation", "views2"])  # fmt: skip
