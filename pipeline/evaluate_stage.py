@@ -10,8 +10,9 @@ Protocol (the official code's ``eval/evaluate.py``, with its defaults where they
 - 2D metrics (FID, diversity, precision/recall with k = 3) on the embeddings of a motion evaluator (ACTOR-style VAE at
   the official size, trained on the train split until its held-out reconstruction loss stops improving; cached by
   content hash under ``evaluators/``), for projections from random azimuths (``all``) and from the side.
-- 3D metrics (:func:`models.metrics.evaluate_3d`) against the held-out 3D: nearest-neighbour MPJPE (precision and
-  coverage, heading aligned, no scale fitting), speed/acceleration distributions, 3D feature FID, and plausibility.
+- 3D metrics (:func:`models.metrics.evaluate_3d`) against the held-out 3D: nearest-neighbour MPJPE (root-relative,
+  and clip-centred with its pose and trajectory parts; precision and coverage, heading aligned, no scale fitting),
+  speed/acceleration distributions, 3D feature FID, and plausibility (bones, feet, root travel and climb).
 - Reference rows, computed by exactly the same code: the **floor** (real train data scored against the test
   reference at the same ``n``), the **trivial** baselines of :mod:`pipeline.baselines` (frozen mean pose, flat lift,
   random-depth lift, time-shuffled real motion), and the **reference** methods (plain 2D sampling of the model, plain
@@ -446,10 +447,13 @@ the best a method can hope for at this `n`. **trivial** rows are what a metric m
 clips with depth 0 or random depth, real motions with shuffled frames); **reference** rows are the 2D model itself
 (plain 2D sampling) and plain SDS. A good method sits near the floor and far from every trivial row on the ★
 (headline) metrics: FID lower, recall higher (a headline in the side view only: from random views a lift with
-wrong depth still looks real in 2D); `mpjpe` (mean of `mpjpe_precision` and `mpjpe_coverage`, body
-heights, heading aligned, no scale fitting), `speed_w1`, `accel_w1` (joint speed / acceleration distributions) and
-`fid_3d` lower. `bone_cv`, `foot_skate` and `floating` are plausibility measures: compare them with the floor's own
-values (real motion), not with zero.
+wrong depth still looks real in 2D); `mpjpe_rootrel` (nearest-neighbour MPJPE with each frame centred on its own
+root: the pose, whatever the root path does; body heights, heading aligned, no scale fitting), `speed_w1`,
+`accel_w1` (joint speed / acceleration distributions) and `fid_3d` lower. `mpjpe` (clip-centred: mean of
+`mpjpe_precision` and `mpjpe_coverage`) is split on the same pairs into its pose part `mpjpe_pose` and its root
+trajectory part `mpjpe_traj`. `bone_cv`, `foot_skate`, `floating`, `travel` (horizontal root path per clip) and
+`climb` (vertical root displacement, first to last frame), both medians in body heights, are plausibility measures:
+compare them with the floor's own values (real motion), not with zero.
 """
 
 
@@ -473,8 +477,8 @@ def markdown_report(table: pd.DataFrame, warnings: list[str], max_metrics: int |
              _tables(table, base, list(METRICS_2D), max_metrics)]  # fmt: skip
     if "mpjpe" in table:
         rows = table[np.isfinite(table["mpjpe"].astype(float))]
-        cols = ["mpjpe", "mpjpe_precision", "mpjpe_coverage", "speed_w1", "accel_w1", "fid_3d", "bone_cv",
-                "foot_skate", "floating"]  # fmt: skip
+        cols = ["mpjpe_rootrel", "mpjpe", "mpjpe_pose", "mpjpe_traj", "mpjpe_precision", "mpjpe_coverage",
+                "speed_w1", "accel_w1", "fid_3d", "bone_cv", "foot_skate", "floating", "travel", "climb"]  # fmt: skip
         parts += ["\n### 3D metrics against the held-out 3D motions\n\n",
                   _tables(rows, ["kind", "method", "n", "draws"], cols, max_metrics)]  # fmt: skip
     if warnings:

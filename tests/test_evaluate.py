@@ -6,6 +6,7 @@ from models.evaluator import EvaluatorConfig
 from models.metrics import (
     HEADLINE_3D,
     aligned_mpjpe_pairs,
+    aligned_pair_errors,
     aligned_sq_error_matrix,
     bone_length_variation,
     diversity,
@@ -16,6 +17,7 @@ from models.metrics import (
     nearest_neighbour_mpjpe,
     normalize_3d,
     precision_recall,
+    root_travel_climb,
 )
 from models.trainer import TrainConfig
 from pipeline import baselines
@@ -103,6 +105,75 @@ def test_3d_scale_is_each_motions_own_body_size():
     assert foot_metrics(floating, COCO17)["floating"] > foot_metrics(ref, COCO17)["floating"]
 
 
+def test_mpjpe_rootrel_ignores_the_root_path_and_mpjpe_traj_measures_it():
+    ref = generate_motions(20, 30, seed=0).astype(np.float64)
+    rng = np.random.default_rng(4)
+    path = np.cumsum(rng.normal(0, 0.05, (20, 30, 1, 3)), axis=1)  # an arbitrary root path per frame
+    moved = ref + path
+    scores = evaluate_3d(moved, ref, COCO17)
+    assert scores["mpjpe_rootrel"] < 1e-9  # the same poses: 0 root-relative, wherever the root goes
+    assert scores["mpjpe_traj"] > 0.05 and scores["mpjpe"] > 0.05
+    same = evaluate_3d(ref, ref, COCO17)
+    assert max(same["mpjpe_rootrel"], same["mpjpe"], same["mpjpe_pose"], same["mpjpe_traj"]) < 1e-9
+    # pose and trajectory parts of one pair, pinned: a vertical-only path leaves the heading alone (yaw 0), so the
+    # pose error is 0 and the trajectory error is the mean distance of the clip-centred vertical offsets
+    rise = np.zeros((20, 30, 1, 3))
+    rise[..., 1] = np.sin(np.linspace(0, 3, 30))[None, :, None] * np.linspace(0.1, 0.5, 20)[:, None, None]
+    errors = aligned_pair_errors(ref + rise, ref, COCO17.root)
+    np.testing.assert_allclose(errors["pose"], 0.0, atol=1e-9)
+    expected = np.abs(rise[..., 0, 1] - rise[..., 0, 1].mean(1, keepdims=True)).mean(1)
+    np.testing.assert_allclose(errors["traj"], expected, rtol=1e-9)
+    np.testing.assert_allclose(errors["mpjpe"], expected, rtol=1e-9)  # every joint moves with the root
+    # with a path that turns the heading too, the joint error stays within the sum of its parts
+    errors = aligned_pair_errors(moved, ref, COCO17.root)
+    assert (errors["mpjpe"] <= errors["pose"] + errors["traj"] + 1e-12).all() and (errors["pose"] > 0).any()
+    np.testing.assert_allclose(errors["mpjpe"], aligned_mpjpe_pairs(moved, ref, COCO17.root))
+
+
+def test_mpjpe_rootrel_shows_depth_that_a_root_drift_hides_from_mpjpe():
+    """A flat lift (depth zeroed in a random camera's frame) scores worse than real motion root-relative; a real
+    motion drifting 1.5 body heights over the clip scores as real root-relative but worse than the flat lift on the
+    clip-centred mpjpe (issue 32: trajectory errors swamp the pose)."""
+    n, length = 120, 40
+    motions = generate_motions(2 * n, length, seed=3).astype(np.float64)
+    train, test = motions[:n], motions[n:]
+    rng = np.random.default_rng(0)
+    theta = rng.uniform(-np.pi, np.pi, n)[:, None, None]
+    flat = np.stack([np.cos(theta) * train[..., 0] + np.sin(theta) * train[..., 2], train[..., 1],
+                     np.zeros_like(train[..., 0])], -1)  # fmt: skip
+    direction = rng.normal(size=(n, 1, 1, 3)) * np.array([1.0, 0.0, 1.0])
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    drift = train + 1.5 * np.linspace(0, 1, length)[None, :, None, None] * direction
+    real, flat, drift = (evaluate_3d(m, test, COCO17) for m in (train, flat, drift))
+    assert real["mpjpe_rootrel"] * 2 < flat["mpjpe_rootrel"]
+    assert drift["mpjpe_rootrel"] == pytest.approx(real["mpjpe_rootrel"], rel=1e-6)
+    assert drift["mpjpe"] > flat["mpjpe"] and drift["mpjpe_traj"] > 2 * real["mpjpe_traj"]
+    assert drift["travel"] > real["travel"] + 0.5  # the drift adds 1.5, in a random direction to the walk
+
+
+def test_travel_and_climb_of_known_root_paths():
+    pose = generate_motions(1, 1, seed=0).astype(np.float64)[0, 0]  # [J, 3]
+    frames = 21
+    t = np.linspace(0, 1, frames)[:, None]
+    paths = [
+        np.hstack([0.6 * t, 0.3 * t, 0.8 * t]),  # a straight line 1.0 long (3-4-5), rising 0.3
+        np.hstack([0.5 * np.sin(np.pi * t), -0.2 * t, 0 * t]),  # out 0.5 and back: 1.0 long, ends where it began
+        np.hstack([np.cos(np.pi * t), 0 * t, np.sin(np.pi * t)]),  # half a unit circle: 20 chords of pi/20
+    ]
+    motions = np.stack([pose[None] + p[:, None] for p in paths])
+    travel, climb = root_travel_climb(motions, COCO17.root)
+    half_circle = 20 * 2 * np.sin(np.pi / 40)
+    np.testing.assert_allclose(travel, [1.0, 1.0, half_circle], rtol=1e-9)
+    np.testing.assert_allclose(climb, [0.3, 0.2, 0.0], atol=1e-12)
+    # evaluate_3d reports medians in body heights: whatever the units, the same numbers
+    body = normalize_3d(motions, COCO17)  # one fixed pose: one body size for all three motions
+    height = np.linalg.norm(motions[0, 1] - motions[0, 0]) / np.linalg.norm(body[0, 1] - body[0, 0])
+    for units in (1.0, 1000.0):
+        scores = evaluate_3d(motions * units, motions, COCO17)
+        assert scores["travel"] == pytest.approx(1.0 / height, rel=1e-6)  # median of 1.0, 1.0, 3.13
+        assert scores["climb"] == pytest.approx(0.2 / height, rel=1e-6)  # median of 0.3, 0.2, 0.0
+
+
 def test_3d_headline_metrics_rank_real_motion_above_trivial_baselines():
     """The floor (real train 3D vs held-out test 3D) beats every trivial baseline beyond the CI on every 3D headline
     metric, at the same n, on the procedural benchmark."""
@@ -121,9 +192,10 @@ def test_3d_headline_metrics_rank_real_motion_above_trivial_baselines():
     scores = {}
     for label, motions_3d in sets.items():
         rows = [evaluate_3d(motions_3d[d * n : (d + 1) * n], test, COCO17) for d in range(draws)]
-        scores[label] = {m: mean_ci([r[m] for r in rows]) for m in HEADLINE_3D}
+        scores[label] = {m: mean_ci([r[m] for r in rows]) for m in (*HEADLINE_3D, "mpjpe")}
+    assert "mpjpe_rootrel" in HEADLINE_3D
     for label in ("frozen", "flat", "random depth", "shuffled"):
-        for metric in HEADLINE_3D:
+        for metric in (*HEADLINE_3D, "mpjpe"):  # mpjpe: no longer a headline, still ranks real motion first
             (floor, floor_ci), (base, base_ci) = scores["floor"][metric], scores[label][metric]
             assert floor + floor_ci < base - base_ci, (metric, label, scores["floor"][metric], scores[label][metric])
 
@@ -199,7 +271,9 @@ def test_evaluation_table_has_floor_baselines_and_references(synthetic_ws):
     assert table.loc[table["view"] != "all", "mpjpe"].isna().all()
     assert set(HEADLINE_2D) <= set(table.columns)
     text = markdown_report(table, result.warnings)
-    assert "fid ★" in text and "mpjpe ★" in text and "floor" in text and "±" in text
+    assert "fid ★" in text and "mpjpe_rootrel ★" in text and "floor" in text and "±" in text
+    for column in ("| mpjpe |", "| mpjpe_pose |", "| mpjpe_traj |", "| travel |", "| climb |"):
+        assert column in text, column  # beside the headline, unstarred
     assert ranking_failures(table) == result.warnings
     assert {p.rsplit("/", 1)[1] for p in result.paths} == {"metrics.csv", "metrics.md", "metrics.png"}
     assert ws.exists(f"{result.evaluator_folder}/loss.csv") and ws.exists(f"{result.evaluator_folder}/loss.png")
@@ -261,7 +335,7 @@ def test_benchmark_3d_on_a_users_npz_in_one_command(tmp_path):
                  "3D metrics against the held-out 3D motions", "benchmark.md"):  # fmt: skip
         assert text in out.output, text
     report = (tmp_path / "ws" / "evaluations" / "mocap-eval" / "benchmark.md").read_text()
-    assert "mpjpe ★" in report and "whole clips held out" in report
+    assert "mpjpe_rootrel ★" in report and "| travel |" in report and "whole clips held out" in report
     # Table 3 rows on the same run and evaluator (cached: no retraining), in their own evaluation at this n
     ablation = CliRunner().invoke(app, [*args[:-1], "--ablation", "views2", "--ablation", "steps20", "--ablation",
                                         "dist2m", "--ablation", "views2"])  # fmt: skip
