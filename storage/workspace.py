@@ -191,8 +191,10 @@ class Workspace:
         if self.is_local:
             directory = os.path.dirname(path)
             os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-            os.close(fd)
+            # not mkstemp: its files are 0600 whatever the umask, and a workspace is shared (a compose volume); this
+            # one gets 0666 less the umask, as any file the process creates
+            tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}{suffix}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             try:
                 yield tmp
                 os.replace(tmp, path)
