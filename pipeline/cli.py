@@ -130,7 +130,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def warn_if_in_memory(workspace: str | Path) -> None:
+    """A ``memory://`` workspace lives in this process only: say so, or its data vanishes between commands unnoticed."""
+    from fsspec.core import split_protocol
+
+    if split_protocol(str(workspace))[0] == "memory":
+        console.print(f"[bold yellow]warning:[/] workspace {workspace} is kept in this process's memory: what this "
+                      "command writes is gone when it ends and the next command starts empty; use a folder or a "
+                      "shared store (s3://bucket/path) to keep it", highlight=False, soft_wrap=True)  # fmt: skip
+
+
 def open_workspace(path: str | Path, create: bool = True) -> Workspace:
+    warn_if_in_memory(path)
     try:
         return Workspace(path, create=create)
     except (OSError, ValueError) as exc:
@@ -717,6 +728,7 @@ def serve(
     """Serve the Prefect deployments (needs PREFECT_API_URL pointing at a `prefect server start`)."""
     from flows.serve import serve_all
 
+    warn_if_in_memory(workspace)  # each flow run of a served deployment is a process of its own
     for path in config:
         read_config(path)
     serve_all([str(p) for p in config], workspace, cron or None, gpu_limit)
@@ -841,6 +853,7 @@ def run_flow(
     """
     from prefect.exceptions import ParameterTypeError
 
+    warn_if_in_memory(workspace)
     flow_fn = _flows()[name]
     kwargs = _flow_arguments(name, flow_fn, list(items or []), config, video, force, dask_address)
     kwargs["workspace"] = workspace

@@ -81,6 +81,25 @@ def test_fsspec_memory_workspace_roundtrip():
     assert catalog.is_done("poses", "clip", key="k")
 
 
+def test_cli_warns_that_a_memory_workspace_lasts_one_process(tmp_path):
+    """Data written to `-w memory://ws` vanished before the next command, without a word."""
+    import subprocess
+    import sys
+
+    def mas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+
+    built = mas("synthetic", "--name", "gone", "-w", "memory://ws", "--num-motions", "4", "--length", "16")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "warning: workspace memory://ws is kept in this process's memory" in built.stderr, built.stderr
+    assert "gone when it ends" in built.stderr
+    status = mas("status", "-w", "memory://ws")  # the next command: the dataset is gone, and it says why
+    assert status.returncode == 2 and "kept in this process's memory" in status.stderr, status.stderr
+    local = mas("status", "-w", str(tmp_path))
+    assert local.returncode == 0 and "warning" not in local.stderr, local.stderr
+
+
 def test_hashes_are_content_based(tmp_path):
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a.write_bytes(b"x" * 3_000_000)
