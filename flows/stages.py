@@ -74,9 +74,12 @@ def track_task(workspace: str, config: str, video_id: str, force: bool,
     with gpu_slot():
         result = track_video(ws, video_id, cfg.detector, force=force, progress=False)
     get_run_logger().info("track %s: %s, %d tracks", video_id, result.status, result.tracks)
+    if result.note:
+        get_run_logger().warning("track %s: %s", video_id, result.note)
     if result.status == "failed":
         raise VideoStageError(f"tracking {video_id} failed: {result.error}")
-    return {"video_id": video_id, "status": result.status, "tracks": result.tracks, "boxes": result.detections}
+    row = {"video_id": video_id, "status": result.status, "tracks": result.tracks, "boxes": result.detections}
+    return {**row, "note": result.note} if result.note else row
 
 
 @task(task_run_name="pose {video_id}")

@@ -271,8 +271,8 @@ def track(
     ws = open_workspace(workspace)
     results = [track_video(ws, v, cfg.detector, force=force) for v in _video_ids(ws, video)]
     runtime = {r.video_id: f" ({r.runtime})" if r.runtime else "" for r in results}
-    _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes{runtime[r.video_id]}")
-             for r in results], "track")  # fmt: skip
+    _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes{runtime[r.video_id]}"
+              + (f": {r.note}" if r.note else "")) for r in results], "track")  # fmt: skip
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
