@@ -252,8 +252,11 @@ def download(
         fail(str(exc))
         return
     _report([(r.video_id, r.status, r.error or r.source) for r in results], "download")
-    if results and all(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:  # the others are in the workspace; a script must still see that some are not
+        fail(f"{len(failed)} of {len(results)} videos failed to download: "
+             f"{', '.join(f'{r.video_id} ({r.source})' for r in failed)}; the table above has the errors, "
+             f"`mas status -w {ws.url} --kind video` keeps them", code=1)  # fmt: skip
 
 
 @app.command()
