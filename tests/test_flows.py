@@ -216,13 +216,17 @@ def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefe
     pool = subprocess.run([PREFECT, "work-pool", "create", "gpu-pool", "--type", "process"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+    # what `mas serve -c configs/nba.yaml` registers (then it would serve them), before the work-pool deployments
+    _run("from flows.serve import deployments\nfor d in deployments(['configs/nba.yaml'], 'ws', None):\n    d.apply()",
+         env)  # fmt: skip
     deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**env, "COLUMNS": "200"}, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     listed = subprocess.run([PREFECT, "deployment", "ls"], env={**env, "COLUMNS": "200"}, capture_output=True,
                             text=True, timeout=120).stdout  # fmt: skip
-    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample"):
-        assert name in listed, listed
+    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample",
+                 "build-dataset/build-nba-served", "train/train-served", "sample/sample-served"):  # fmt: skip
+        assert name in listed, listed  # both sets, none replaced by the other
     run = subprocess.run([PREFECT, "deployment", "run", "track/track", "--param", f"config={config}",
                           "--param", f'videos=["{good}"]', "--param", "force=true"], env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
@@ -357,7 +361,23 @@ def test_serve_builds_deployments_with_schedules():
 
     deps = deployments([str(ROOT / "configs" / "nba.yaml")], "/data/ws", "0 3 * * *")
     names = {d.name for d in deps}
-    assert {"build-nba", "track-nba", "pose-nba", "process-nba", "train", "sample", "evaluate"} <= names
-    build = next(d for d in deps if d.name == "build-nba")
+    assert {"build-nba-served", "track-nba-served", "pose-nba-served", "process-nba-served", "train-served",
+            "sample-served", "evaluate-served"} <= names  # fmt: skip
+    build = next(d for d in deps if d.name == "build-nba-served")
     assert build.schedules and build.schedules[0].schedule.cron == "0 3 * * *"
     assert build.parameters == {"config": str(ROOT / "configs" / "nba.yaml"), "workspace": "/data/ws"}
+
+
+def test_served_deployments_do_not_share_a_name_with_prefect_yaml():
+    """A deployment is named per flow: `prefect deploy --all` replaced the train/train and sample/sample (and
+    build-dataset/build-nba) deployments `mas serve` had registered. Every config of configs/ is checked."""
+    import flows.stages as stages
+    from flows.serve import deployments
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    from_yaml = {(getattr(stages, d["entrypoint"].rsplit(":", 1)[1]).name, d["name"]) for d in spec["deployments"]}
+    served = {(d.flow_name, d.name) for d in deployments(sorted(str(p) for p in (ROOT / "configs").glob("*.yaml")),
+                                                         "/data/ws", None)}  # fmt: skip
+    assert ("train", "train") in from_yaml and ("build-dataset", "build-nba") in from_yaml
+    assert len(served) > 10 and not served & from_yaml, served & from_yaml
+
