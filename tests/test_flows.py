@@ -381,3 +381,36 @@ def test_served_deployments_do_not_share_a_name_with_prefect_yaml():
     assert ("train", "train") in from_yaml and ("build-dataset", "build-nba") in from_yaml
     assert len(served) > 10 and not served & from_yaml, served & from_yaml
 
+
+def test_build_dataset_run_names_the_stages_and_videos_that_failed(prefect_server, tmp_path, person_detector):
+    """The parent build-dataset run said plain Completed while a child ended Completed with failures."""
+    from tests.test_process import CFG, _write_video_poses, pixel_track
+
+    _, env = prefect_server
+    ws = Workspace(tmp_path / "ws")
+    for v in range(2):  # poses of two videos are there already: the dataset builds from them
+        _write_video_poses(ws, f"video{v}", [pixel_track(10 + v, 100, video=f"video{v}")])
+    stored = ingest_file(ws, make_video(tmp_path / "kept.mp4", frames=8, seed=7), Source(kind="local", value="x"), "k")
+    Path(ws.absolute(Catalog(ws).get("video", stored.video_id).outputs[0])).write_bytes(b"corrupted on disk")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"")
+    config = tmp_path / "parent.yaml"
+    detector = {"weights": str(person_detector), "classes": ["person"], "class_names": PERSON_DETECTOR_CLASSES,
+                "runtime": "torch"}  # fmt: skip
+    config.write_text(yaml.safe_dump({"name": "parenttest", "skeleton": "coco17", "fps": 30, "detector": detector,
+                                      "process": CFG.model_dump(),
+                                      "sources": [{"kind": "local", "value": str(folder)}]}))  # fmt: skip
+    script = (
+        "import json\nfrom flows.stages import build_dataset\n"
+        f"state = build_dataset({str(config)!r}, {ws.root!r}, return_state=True)\n"
+        "print('STATE', json.dumps({'id': str(state.state_details.flow_run_id), 'clips': state.result()['clips']}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("STATE", 1)[1])
+    assert out["clips"] > 0  # the good videos' dataset is built all the same
+    run = read_run(env, out["id"])
+    assert run["type"] == "COMPLETED" and run["name"] == "Completed with failures", run
+    message = run["message"]
+    assert message.startswith("build-dataset: download: 1 of 1 videos failed") and str(folder / "broken.mp4") in message
+    assert f"track: 1 of 1 videos failed ({stored.video_id})" in message, message
+
