@@ -414,3 +414,57 @@ def test_build_dataset_run_names_the_stages_and_videos_that_failed(prefect_serve
     assert message.startswith("build-dataset: download: 1 of 1 videos failed") and str(folder / "broken.mp4") in message
     assert f"track: 1 of 1 videos failed ({stored.video_id})" in message, message
 
+
+HOLD_GPU = """
+import time
+from prefect import flow
+from flows.common import ensure_gpu_limit, gpu_slot
+@flow(name="gpu-holder")
+def hold():
+    with gpu_slot():
+        print("HOLDING", flush=True)
+        time.sleep(600)
+ensure_gpu_limit()
+hold()
+"""
+
+WAIT_GPU = """
+import time
+from prefect import flow
+from flows.common import gpu_slot
+@flow(name="gpu-waiter")
+def wait_for_gpu():
+    start = time.monotonic()
+    with gpu_slot():
+        return time.monotonic() - start
+print("WAITED", wait_for_gpu())
+"""
+
+
+def test_a_crashed_runs_gpu_slot_is_freed_and_the_waiting_run_says_so(prefect_server):
+    """A run killed while holding the `gpu` slot kept it about 5 minutes (Prefect's 300 s lease) while the next run
+    waited silently. Now the lease is the server's shortest (60 s) and the waiting run logs what it waits for."""
+    _, env = prefect_server
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GPU], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        lines = []
+        for line in holder.stdout:  # until it holds the slot
+            lines.append(line)
+            if "HOLDING" in line:
+                break
+        assert "HOLDING" in "".join(lines), "".join(lines)[-3000:]
+    finally:
+        os.killpg(holder.pid, 9)  # a crash: no release, no final state
+        holder.wait(timeout=30)
+    try:
+        waiter = subprocess.run([sys.executable, "-c", WAIT_GPU], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                                capture_output=True, text=True, timeout=200)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the slot of the killed run was not freed in 200 s: {str(exc.stderr)[-2000:]}")
+    assert waiter.returncode == 0, waiter.stderr[-3000:]
+    output = waiter.stdout + waiter.stderr
+    assert float(output.split("WAITED", 1)[1].split()[0]) < 120, output[-3000:]
+    assert "waiting for the 'gpu' concurrency slot" in output and "1 of 1 taken" in output, output[-3000:]
+    assert "got the 'gpu' concurrency slot after" in output, output[-3000:]
