@@ -16,6 +16,7 @@ Layout under the root::
     evaluations/<name>/...                 metric tables and plots
     evaluators/<key>/...                   trained motion evaluators (key: hash of data + configuration), loss curves
     catalog/<kind>/<id>.json               one record per artifact: done / failed (with error) / running
+    catalog/snapshots/<kind>.json          on a remote store: the records as last read, a cache for listing them
 """
 
 from __future__ import annotations
