@@ -1,12 +1,17 @@
 """Catalog at scale: `mas status` over 10,000 records, and importing 9 videos into a workspace that holds them.
 
 python -m benchmarks.bench_catalog [--records 10000] [--label after]
+python -m benchmarks.bench_catalog --s3 [--records 10000] [--label after]
 
 Builds a local workspace with ``--records`` catalog records (videos, tracks and poses, some failed, a few running),
 then times (best of ``--repeat``): ``mas status`` in a fresh process (start-up included) and in this process, one
 ``Catalog.get``, and ``ingest_file`` of 9 new small videos (the content-hash duplicate lookup runs once per file).
 Results go to ``benchmarks/results/catalog.md``; ``--label`` names the row (e.g. before / after a change), and rows
 of other labels already in the file are kept.
+
+``--s3`` times ``mas status`` in a fresh process on the same records in a local workspace and on S3 (moto's server on
+127.0.0.1, reached through s3fs, as in tests/test_remote_workspace.py), twice on S3: the first run after the records
+were written and a second one; results go to ``benchmarks/results/catalog_s3.md``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,92 @@ def make_video(path: Path, seed: int) -> Path:
     return path
 
 
+def populate_records(ws: Workspace, count: int) -> None:
+    """``count`` catalog records only (video, tracks and poses, 1 in 50 failed), without output files: all that
+    ``mas status`` reads."""
+    from dataclasses import asdict
+
+    from storage.catalog import Record
+
+    kinds = ("video", "tracks", "poses")
+    for i in range(count):
+        kind, vid = kinds[i % 3], f"clip-{i // 3:05d}-{i:010x}"
+        failed = i % 50 == 0
+        output = f"{kind}/{vid}.parquet"
+        record = Record(kind=kind, id=vid, status="failed" if failed else "done", key=f"{i:032x}",
+                        outputs=[] if failed else [output], error="ValueError: corrupt video" if failed else None,
+                        meta={"sha256": f"{i:064x}", "fps": 30.0, "frames": 300, "source": f"v{i}.mp4"},
+                        sizes={} if failed else {output: 64})  # fmt: skip
+        ws.write_json(ws.path("catalog", kind, vid + ".json"), asdict(record))
+
+
+def s3_main(args) -> None:
+    import shutil
+    import socket
+
+    from tests.conftest import free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-catalog-s3-") as tmp:
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
+            os.environ.update(aws)
+            deadline = time.time() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise RuntimeError("moto S3 server did not start in 30 s") from None
+                    time.sleep(0.2)
+            import s3fs
+
+            fs = s3fs.S3FileSystem()
+            fs.mkdir("bench-bucket")
+            local = Workspace(Path(tmp) / "ws")
+            start = time.perf_counter()
+            populate_records(local, args.records)
+            fs.put(f"{local.root}/catalog", "bench-bucket/ws/", recursive=True)
+            build_s = time.perf_counter() - start
+            assert len(fs.find("bench-bucket/ws/catalog")) == args.records
+            mas = str(Path(sys.executable).with_name("mas"))
+            env = {**os.environ, "COLUMNS": "200"}
+
+            def status(url: str) -> float:
+                start = time.perf_counter()
+                done = subprocess.run([mas, "status", "-w", url], capture_output=True, text=True, env=env)
+                seconds = time.perf_counter() - start
+                assert done.returncode == 0 and f"{args.records} records" in done.stdout, done.stderr[-2000:]
+                return seconds
+
+            local_s = min(status(local.url) for _ in range(args.repeat))
+            first_s = status("s3://bench-bucket/ws")
+            again_s = min(status("s3://bench-bucket/ws") for _ in range(args.repeat))
+            shutil.rmtree(local.root)
+        finally:
+            server.kill()
+            server.wait()
+    row = (f"| {args.label} | {args.records} | {local_s:.2f} | {first_s:.2f} | {again_s:.2f} | "
+           f"{again_s / local_s:.1f}x |")  # fmt: skip
+    header = ("| code | records | local (s) | S3, first run (s) | S3, later runs (s) | S3 later / local |\n"
+              "| --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    previous = RESULTS / "catalog_s3.md"
+    rows = []
+    if previous.exists():
+        rows = [line for line in previous.read_text().splitlines()
+                if line.startswith("| ") and not line.startswith(("| code", "| ---", f"| {args.label} |"))]  # fmt: skip
+    body = (
+        f"`mas status` in a fresh process (start-up included) over {args.records} catalog records (1 in 50 failed), "
+        f"in a local workspace and on S3 (moto's server on 127.0.0.1 through s3fs); local and later S3 runs: best of "
+        f"{args.repeat}. Writing the records took {build_s:.1f} s.\n\n{header}\n" + "\n".join([*rows, row])
+    )
+    write_result("catalog_s3", "Catalog at scale on S3: `mas status`", body)
+
+
 def best_of(repeat: int, fn) -> float:
     times = []
     for _ in range(repeat):
@@ -68,7 +159,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--label", default="current")
+    parser.add_argument("--s3", action="store_true", help="time `mas status` on S3 (moto) against local")
     args = parser.parse_args()
+    if args.s3:
+        s3_main(args)
+        return
     from typer.testing import CliRunner
 
     from pipeline.cli import app

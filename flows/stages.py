@@ -74,9 +74,12 @@ def track_task(workspace: str, config: str, video_id: str, force: bool,
     with gpu_slot():
         result = track_video(ws, video_id, cfg.detector, force=force, progress=False)
     get_run_logger().info("track %s: %s, %d tracks", video_id, result.status, result.tracks)
+    if result.note:
+        get_run_logger().warning("track %s: %s", video_id, result.note)
     if result.status == "failed":
         raise VideoStageError(f"tracking {video_id} failed: {result.error}")
-    return {"video_id": video_id, "status": result.status, "tracks": result.tracks, "boxes": result.detections}
+    row = {"video_id": video_id, "status": result.status, "tracks": result.tracks, "boxes": result.detections}
+    return {**row, "note": result.note} if result.note else row
 
 
 @task(task_run_name="pose {video_id}")
@@ -273,11 +276,33 @@ def build_dataset(config: str, workspace: str | None = None, force: bool = False
 
         stages = [s.with_options(task_runner=dask_runner(dask_address)) for s in stages]
     download, track, pose = stages
-    downloads = download(config, workspace, overrides=overrides)
+    problems: list[str] = []
+    downloads = _child(download, problems, config, workspace, overrides=overrides)
     logger.info("downloaded: %s", ", ".join(f"{r.get('video_id')} {r.get('status')}" for r in downloads))
-    track(config, workspace, videos=videos, force=force, overrides=overrides)
-    pose(config, workspace, videos=videos, force=force, overrides=overrides)
-    return process_flow(config, workspace, force=force, overrides=overrides)
+    _child(track, problems, config, workspace, videos=videos, force=force, overrides=overrides)
+    _child(pose, problems, config, workspace, videos=videos, force=force, overrides=overrides)
+    return parent_state(_child(process_flow, problems, config, workspace, force=force, overrides=overrides), problems,
+                        "build-dataset")  # fmt: skip
+
+
+def _child(flow_fn, problems: list[str], *args: Any, **kwargs: Any) -> Any:
+    """Run a child flow and return its result; a child that ended "Completed with failures" adds its message (the
+    stage and the videos that failed) to ``problems``, a failed one raises its error as a plain call would."""
+    state = flow_fn(*args, return_state=True, **kwargs)
+    result = state.result()  # raises the child's exception when it failed
+    if state.name == "Completed with failures" or not state.is_completed():
+        problems.append(state.message or f"{flow_fn.name}: {state.name}")
+    return result
+
+
+def parent_state(result: Any, problems: list[str], name: str) -> State:
+    """A parent flow's final state: Completed, or "Completed with failures" naming each child's failed videos and
+    stage, so the parent run does not read plain Completed when a child did not."""
+    if not problems:
+        return Completed(data=result)
+    message = f"{name}: " + "; ".join(problems)
+    get_run_logger().warning(message)
+    return Completed(name="Completed with failures", message=message, data=result)
 
 
 @flow(name="end-to-end", log_prints=True)
@@ -286,10 +311,12 @@ def end_to_end(config: str, workspace: str | None = None, steps: int = 100_000, 
     """build_dataset → train → sample (MAS) → evaluate."""
     workspace = workspace_root(workspace)
     ws, cfg = open_inputs(workspace, config, overrides)
-    dataset = build_dataset(config, workspace, overrides=overrides)
+    problems: list[str] = []
+    dataset = _child(build_dataset, problems, config, workspace, overrides=overrides)
     trained = train_flow(cfg.name, workspace, steps=steps, device=device)
     samples = sample_flow(trained["run"], workspace, num_samples=max(num_samples, 8), device=device)
     # one draw of all the samples (n = num_samples); use the evaluate flow with n x repeats samples for CIs
     evaluation = evaluate_flow(trained["run"], [samples["name"]], workspace, n=max(num_samples, 8), repeats=1,
                                device=device)  # fmt: skip
-    return {"dataset": dataset, "train": trained, "samples": samples, "evaluation": evaluation}
+    return parent_state({"dataset": dataset, "train": trained, "samples": samples, "evaluation": evaluation},
+                        problems, "end-to-end")  # fmt: skip

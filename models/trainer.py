@@ -287,6 +287,9 @@ def _read_metrics(ws: Workspace, folder: str, up_to_step: int) -> list[dict[str,
             if float(row["step"]) <= up_to_step]  # fmt: skip
 
 
+START_OVER = "choose another run name, or start this one over with `mas train --fresh` (resume=False from Python)"
+
+
 def train(
     ws: Workspace,
     dataset_name: str,
@@ -347,19 +350,19 @@ def train(
         if payload["dataset"]["name"] != dataset_name or payload["model_config"] != model_cfg.to_dict():
             raise CheckpointError(
                 f"{ckpt_path} was trained on dataset {payload['dataset']['name']!r} with model "
-                f"{payload['model_config']}; it cannot resume this run. Choose another run name or pass resume=False"
+                f"{payload['model_config']}; it cannot resume this run: {START_OVER}"
             )
         saved = resolve_skeleton(str(payload["dataset"]["skeleton"]), payload["dataset"].get("skeleton_definition"),
                                  ckpt_path)  # fmt: skip
         if not saved.same_body(skeleton):
             raise CheckpointError(f"{ckpt_path} was trained on skeleton {saved.name!r}, dataset {dataset_name!r} is in "
-                                  f"{skeleton.name!r}; choose another run name or pass resume=False")  # fmt: skip
+                                  f"{skeleton.name!r}; {START_OVER}")  # fmt: skip
         saved_schedule = json.loads(payload["train_config"]).get("noise_schedule", "cosine")
         if saved_schedule != cfg.noise_schedule:
             raise CheckpointError(
                 f"{ckpt_path} was trained with noise schedule {saved_schedule!r}, this run asks for "
-                f"{cfg.noise_schedule!r}; pass noise_schedule={saved_schedule!r} to resume it, "
-                "or choose another run name"
+                f"{cfg.noise_schedule!r}; pass noise_schedule={saved_schedule!r} (`mas train --noise-schedule "
+                f"{saved_schedule}`) to resume it, or {START_OVER}"
             )
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])

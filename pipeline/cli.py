@@ -131,7 +131,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def warn_if_in_memory(workspace: str | Path) -> None:
+    """A ``memory://`` workspace lives in this process only: say so, or its data vanishes between commands unnoticed."""
+    from fsspec.core import split_protocol
+
+    if split_protocol(str(workspace))[0] == "memory":
+        console.print(f"[bold yellow]warning:[/] workspace {workspace} is kept in this process's memory: what this "
+                      "command writes is gone when it ends and the next command starts empty; use a folder or a "
+                      "shared store (s3://bucket/path) to keep it", highlight=False, soft_wrap=True)  # fmt: skip
+
+
 def open_workspace(path: str | Path, create: bool = True) -> Workspace:
+    warn_if_in_memory(path)
     try:
         return Workspace(path, create=create)
     except (OSError, ValueError) as exc:
@@ -270,8 +281,11 @@ def download(
         fail(str(exc))
         return
     _report([(r.video_id, r.status, r.error or r.source) for r in results], "download")
-    if results and all(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:  # the others are in the workspace; a script must still see that some are not
+        fail(f"{len(failed)} of {len(results)} videos failed to download: "
+             f"{', '.join(f'{r.video_id} ({r.source})' for r in failed)}; the table above has the errors, "
+             f"`mas status -w {ws.url} --kind video` keeps them", code=1)  # fmt: skip
 
 
 @app.command()
@@ -294,8 +308,8 @@ def track(
         fail(str(exc))
         return
     runtime = {r.video_id: f" ({r.runtime})" if r.runtime else "" for r in results}
-    _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes{runtime[r.video_id]}")
-             for r in results], "track")  # fmt: skip
+    _report([(r.video_id, r.status, r.error or f"{r.tracks} tracks, {r.detections} boxes{runtime[r.video_id]}"
+              + (f": {r.note}" if r.note else "")) for r in results], "track")  # fmt: skip
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
@@ -770,6 +784,7 @@ def serve(
     """Serve the Prefect deployments (needs PREFECT_API_URL pointing at a `prefect server start`)."""
     from flows.serve import serve_all
 
+    warn_if_in_memory(workspace)  # each flow run of a served deployment is a process of its own
     for path in config:
         read_config(path)
     serve_all([str(p) for p in config], workspace, cron or None, gpu_limit)
@@ -894,6 +909,7 @@ def run_flow(
     """
     from prefect.exceptions import ParameterTypeError
 
+    warn_if_in_memory(workspace)
     flow_fn = _flows()[name]
     kwargs = _flow_arguments(name, flow_fn, list(items or []), config, video, force, dask_address)
     kwargs["workspace"] = workspace

@@ -246,6 +246,16 @@ class TrackResult:
     detections: int = 0
     error: str | None = None
     runtime: str | None = None
+    note: str | None = None  # why a video yields no tracks when the reason is known (shorter than the stride)
+
+
+def too_short_for_stride(video_id: str, frames: int, stride: int) -> str | None:
+    """Why a video of ``frames`` frames yields no tracks at ``stride``, or None: the detector looks at frames k-1,
+    2k-1, ... (:func:`strided_frame`), so a video shorter than the stride is never looked at."""
+    if stride <= 1 or frames >= stride:
+        return None
+    return (f"{video_id} has {frames} frame{'s' if frames != 1 else ''}, fewer than detector.stride={stride}: the "
+            "detector sees none of them, so it yields 0 tracks; track it with detector.stride=1")  # fmt: skip
 
 
 def track_video(ws: Workspace, video_id: str, cfg: DetectorConfig, model=None, force: bool = False,
@@ -277,7 +287,8 @@ def _track_video(ws: Workspace, catalog: Catalog, video, video_id: str, key: str
                  force: bool, progress: bool) -> TrackResult:  # fmt: skip
     if not force and catalog.is_done("tracks", video_id, key):
         record = catalog.get("tracks", video_id)
-        return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0))
+        return TrackResult(video_id, "skipped", record.meta.get("tracks", 0), record.meta.get("detections", 0),
+                           note=record.meta.get("note"))  # fmt: skip
     catalog.mark_running("tracks", video_id, key=key)
     try:
         runtime = "given"
@@ -286,6 +297,9 @@ def _track_video(ws: Workspace, catalog: Catalog, video, video_id: str, key: str
             logging.getLogger(__name__).info("detector runtime for %s: %s (%s)", video_id, runtime, why)
         with ws.local_copy(ws.absolute(video.outputs[0])) as local:
             info = probe_video(local)
+            note = too_short_for_stride(video_id, info.frames, cfg.stride)
+            if note is not None:
+                logging.getLogger(__name__).warning("%s", note)
             raw, hists = run_tracker(model, local, cfg, video_id, progress, info.frames)
         table, report = clean_tracks(raw, cfg.cleanup, info.fps, hists)
         path = write_tracks(ws, video_id, table, {"fps": info.fps, "width": info.width, "height": info.height,
@@ -299,6 +313,6 @@ def _track_video(ws: Workspace, catalog: Catalog, video, video_id: str, key: str
         return TrackResult(video_id, "failed", error=f"{type(exc).__name__}: {exc}")
     tracked = table[table["track_id"] >= 0]
     meta = {"tracks": int(tracked["track_id"].nunique()), "detections": len(table), "frames": info.frames,
-            "runtime": runtime, "stride": cfg.stride, "cleanup": report.as_meta()}  # fmt: skip
+            "runtime": runtime, "stride": cfg.stride, "cleanup": report.as_meta(), "note": note}  # fmt: skip
     catalog.mark_done("tracks", video_id, key=key, outputs=[path], params=cfg.model_dump(), meta=meta)
-    return TrackResult(video_id, "done", meta["tracks"], meta["detections"], runtime=runtime)
+    return TrackResult(video_id, "done", meta["tracks"], meta["detections"], runtime=runtime, note=note)

@@ -9,7 +9,8 @@ A lookup is one file read: by id (``get``), or by an indexed field of a done rec
 record keeps the size of each output file, and "done" is only believed while the files still have those sizes (and
 Parquet files their footer): a truncated or replaced output is ``damaged`` and its stage computes it again. A record
 that is not valid JSON is reported by name and treated as absent (a stage rewriting it first moves it aside to
-``<id>.json.corrupt``), so one trashed file never blocks the other artifacts.
+``<id>.json.corrupt``), so one trashed file never blocks the other artifacts. On a remote store, listing a kind reads
+only the record files that changed since ``catalog/snapshots/<kind>.json`` (:meth:`Catalog.records`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ class Record:
     error: str | None = None
     updated_at: str = field(default_factory=_now)
     sizes: dict[str, int] = field(default_factory=dict)  # output file (relative path) -> bytes when marked done
+
+
+SNAPSHOT_FORMAT = 1
+
+
+def _version(info: dict[str, Any]) -> list[str] | None:
+    """What tells a remote file's content from its earlier ones, from a listing entry: size, ETag (S3, GCS, Azure)
+    and modification time; None when the store gives neither an ETag nor a time (no snapshot is trusted then)."""
+    tag = next((info[k] for k in ("ETag", "etag", "md5Hash", "generation") if info.get(k) is not None), None)
+    when = next((info[k] for k in ("LastModified", "last_modified", "mtime", "updated") if info.get(k) is not None),
+                None)  # fmt: skip
+    if tag is None and when is None:
+        return None
+    return [str(info.get("size")), str(tag), str(when)]
 
 
 def _parse(path: str, data: bytes) -> Record:
@@ -334,13 +349,41 @@ class Catalog:
                     return sorted(f"{folder}/{e.name}" for e in entries if e.name.endswith(".json"))
             except FileNotFoundError:
                 return []
-        return self.ws.glob(folder + "/*.json")
+        return sorted(self._remote_listing(folder))
+
+    def _remote_listing(self, folder: str) -> dict[str, list[str] | None]:
+        """Record files in ``folder`` of a remote store, each with its version (:func:`_version`): one listing (on
+        S3 one request per 1000 files), fresh from the store rather than from fsspec's listing cache."""
+        self.ws.fs.invalidate_cache(folder)
+        try:
+            entries = self.ws.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {e["name"]: _version(e) for e in entries if e.get("type") == "file" and e["name"].endswith(".json")}
+
+    def _snapshot_path(self, kind: str) -> str:
+        return self.ws.path("catalog", "snapshots", kind + ".json")
+
+    def _read_snapshot(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The last snapshot of ``kind``'s records (file name -> version and record); empty when absent or unreadable
+        (it is only a cache: rebuilt from the record files)."""
+        try:
+            value = json.loads(self.ws.read_bytes(self._snapshot_path(kind)))
+            entries = value["records"] if value.get("format") == SNAPSHOT_FORMAT else {}
+            return {name: e for name, e in entries.items() if isinstance(e, dict) and "version" in e and "record" in e}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
 
     def records(self, kind: str, problems: list[str] | None = None) -> list[Record]:
         """All readable records of ``kind``. An unreadable one is left out and reported: appended to ``problems``
-        when given, else logged as a warning naming the file."""
-        paths = self._record_paths(kind)
+        when given, else logged as a warning naming the file.
+
+        On a remote store (S3) a record file is read only when the listing shows it new or changed since the last
+        snapshot (``catalog/snapshots/<kind>.json``: each record with the size, ETag and modification time its file
+        had when it was read), so a listing plus one read stands for thousands of GETs; the snapshot is rewritten
+        when something changed, and a store that gives no ETag or modification time is read file by file."""
         if self.ws.is_local:
+            paths = self._record_paths(kind)
             contents: dict[str, Any] = {}
             for path in paths:
                 try:
@@ -348,10 +391,44 @@ class Catalog:
                         contents[path] = handle.read()
                 except FileNotFoundError:  # removed since the listing
                     continue
-        else:  # one batched request set (concurrent on object stores)
-            contents = self.ws.fs.cat(paths, on_error="return") if paths else {}
-        out = []
+            return self._parse_all(paths, contents, {}, problems)[0]
+        listing = self._remote_listing(self.ws.path("catalog", self._check_kind(kind)))
+        paths = sorted(listing)
+        snapshot = self._read_snapshot(kind) if any(v is not None for v in listing.values()) else {}
+        known: dict[str, Record] = {}
         for path in paths:
+            entry = snapshot.get(path.rsplit("/", 1)[-1])
+            if entry is not None and listing[path] is not None and entry["version"] == listing[path]:
+                try:
+                    known[path] = Record(**entry["record"])
+                except TypeError:  # a snapshot entry of another shape: read the file
+                    pass
+        unread = [p for p in paths if p not in known]
+        contents = self.ws.fs.cat(unread, on_error="return") if unread else {}  # concurrent GETs
+        out, parsed = self._parse_all(paths, contents, known, problems)
+        fresh = {}
+        for path, record in parsed.items():
+            if listing[path] is not None:
+                name = path.rsplit("/", 1)[-1]
+                fresh[name] = snapshot[name] if path in known else {"version": listing[path], "record": asdict(record)}
+        if fresh.keys() != snapshot.keys() or any(p not in known for p in parsed):  # something changed: rewrite
+            try:
+                self.ws.write_text(self._snapshot_path(kind),
+                                   json.dumps({"format": SNAPSHOT_FORMAT, "records": fresh}, default=str))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - a read-only store or any failure leaves a cache unwritten
+                log.debug("could not write the catalog snapshot of %s: %s", kind, exc)
+        return out
+
+    def _parse_all(self, paths: list[str], contents: dict[str, Any], known: dict[str, Record],
+                   problems: list[str] | None) -> tuple[list[Record], dict[str, Record]]:  # fmt: skip
+        """Records of ``paths`` in order: from ``known``, else parsed from ``contents`` (bytes or the read's error);
+        also the parsed ones by path. Unreadable ones are reported as :meth:`records` says."""
+        out, parsed = [], {}
+        for path in paths:
+            if path in known:
+                out.append(known[path])
+                parsed[path] = known[path]
+                continue
             data = contents.get(path)
             if data is None:  # a store that names the paths another way in its answer: read the file itself
                 try:
@@ -363,13 +440,14 @@ class Catalog:
             try:
                 if isinstance(data, BaseException):
                     raise CorruptRecordError(f"{path}: the catalog record cannot be read ({data})")
-                out.append(_parse(path, data))
+                parsed[path] = _parse(path, data)
+                out.append(parsed[path])
             except CorruptRecordError as exc:
                 if problems is None:
                     log.warning("%s", exc)
                 else:
                     problems.append(str(exc))
-        return out
+        return out, parsed
 
     def table(self, kind: str) -> pd.DataFrame:
         """All records of ``kind`` as a DataFrame, ``meta`` fields spread into columns."""

@@ -18,6 +18,7 @@ Layout under the root::
     evaluations/<name>/...                 metric tables and plots
     evaluators/<key>/...                   trained motion evaluators (key: hash of data + configuration), loss curves
     catalog/<kind>/<id>.json               one record per artifact: done / failed (with error) / running
+    catalog/snapshots/<kind>.json          on a remote store: the records as last read, a cache for listing them
 """
 
 from __future__ import annotations
@@ -202,8 +203,10 @@ class Workspace:
         if self.is_local:
             directory = os.path.dirname(path)
             os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
-            os.close(fd)
+            # not mkstemp: its files are 0600 whatever the umask, and a workspace is shared (a compose volume); this
+            # one gets 0666 less the umask, as any file the process creates
+            tmp = os.path.join(directory, f"{prefix}{uuid.uuid4().hex}{suffix}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             try:
                 yield tmp
                 os.replace(tmp, path)

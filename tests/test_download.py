@@ -123,3 +123,33 @@ def test_a_truncated_video_counts_the_frames_that_decode(tmp_path, demo_clip):
     ws = Workspace(tmp_path / "ws")
     result = ingest_file(ws, tmp_path / "cut_0.3.mp4", Source(kind="local", value=str(tmp_path)), "cut")
     assert Catalog(ws).get("video", result.video_id).meta["frames"] == 60
+
+
+def test_mas_download_exits_non_zero_naming_the_videos_that_failed(media, tmp_path):
+    """`mas download` exited 0 with 3 of 6 videos failed: only all failing made it exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder, _ = media
+    env = {**os.environ, "COLUMNS": "300"}
+
+    def download(value: str, ws: str) -> subprocess.CompletedProcess:
+        config = tmp_path / "dl.yaml"
+        config.write_text(yaml.safe_dump({"name": "dl", "skeleton": "coco17", "fps": 15,
+                                          "sources": [{"kind": "local", "value": value}]}))  # fmt: skip
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "download", "-c", str(config), "-w", ws],
+                              capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+
+    partly = download(str(folder), str(tmp_path / "ws"))
+    assert partly.returncode == 1, (partly.stdout[-2000:], partly.stderr[-2000:])
+    message = partly.stderr.replace("\n", "")
+    assert "error: 2 of 4 videos failed to download:" in message, message
+    assert f"({folder / 'corrupt.mp4'})" in message and f"({folder / 'empty.mp4'})" in message
+    assert "clip_a" not in message and "clip_b" not in message
+    statuses = sorted(r.status for r in Catalog(Workspace(tmp_path / "ws")).records("video"))
+    assert statuses == ["done", "done", "failed", "failed"]
+    fine = download(str(folder / "clip_a.mp4"), str(tmp_path / "ws2"))
+    assert fine.returncode == 0 and "failed" not in fine.stderr, fine.stderr[-2000:]

@@ -216,13 +216,17 @@ def test_prefect_yaml_deploys_and_runs_from_a_checkout_on_a_process_worker(prefe
     pool = subprocess.run([PREFECT, "work-pool", "create", "gpu-pool", "--type", "process"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+    # what `mas serve -c configs/nba.yaml` registers (then it would serve them), before the work-pool deployments
+    _run("from flows.serve import deployments\nfor d in deployments(['configs/nba.yaml'], 'ws', None):\n    d.apply()",
+         env)  # fmt: skip
     deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env={**env, "COLUMNS": "200"}, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     listed = subprocess.run([PREFECT, "deployment", "ls"], env={**env, "COLUMNS": "200"}, capture_output=True,
                             text=True, timeout=120).stdout  # fmt: skip
-    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample"):
-        assert name in listed, listed
+    for name in ("build-dataset/build-nba", "track/track", "pose/pose", "train/train", "sample/sample",
+                 "build-dataset/build-nba-served", "train/train-served", "sample/sample-served"):  # fmt: skip
+        assert name in listed, listed  # both sets, none replaced by the other
     run = subprocess.run([PREFECT, "deployment", "run", "track/track", "--param", f"config={config}",
                           "--param", f'videos=["{good}"]', "--param", "force=true"], env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
@@ -357,7 +361,110 @@ def test_serve_builds_deployments_with_schedules():
 
     deps = deployments([str(ROOT / "configs" / "nba.yaml")], "/data/ws", "0 3 * * *")
     names = {d.name for d in deps}
-    assert {"build-nba", "track-nba", "pose-nba", "process-nba", "train", "sample", "evaluate"} <= names
-    build = next(d for d in deps if d.name == "build-nba")
+    assert {"build-nba-served", "track-nba-served", "pose-nba-served", "process-nba-served", "train-served",
+            "sample-served", "evaluate-served"} <= names  # fmt: skip
+    build = next(d for d in deps if d.name == "build-nba-served")
     assert build.schedules and build.schedules[0].schedule.cron == "0 3 * * *"
     assert build.parameters == {"config": str(ROOT / "configs" / "nba.yaml"), "workspace": "/data/ws"}
+
+
+def test_served_deployments_do_not_share_a_name_with_prefect_yaml():
+    """A deployment is named per flow: `prefect deploy --all` replaced the train/train and sample/sample (and
+    build-dataset/build-nba) deployments `mas serve` had registered. Every config of configs/ is checked."""
+    import flows.stages as stages
+    from flows.serve import deployments
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    from_yaml = {(getattr(stages, d["entrypoint"].rsplit(":", 1)[1]).name, d["name"]) for d in spec["deployments"]}
+    served = {(d.flow_name, d.name) for d in deployments(sorted(str(p) for p in (ROOT / "configs").glob("*.yaml")),
+                                                         "/data/ws", None)}  # fmt: skip
+    assert ("train", "train") in from_yaml and ("build-dataset", "build-nba") in from_yaml
+    assert len(served) > 10 and not served & from_yaml, served & from_yaml
+
+
+def test_build_dataset_run_names_the_stages_and_videos_that_failed(prefect_server, tmp_path, person_detector):
+    """The parent build-dataset run said plain Completed while a child ended Completed with failures."""
+    from tests.test_process import CFG, _write_video_poses, pixel_track
+
+    _, env = prefect_server
+    ws = Workspace(tmp_path / "ws")
+    for v in range(2):  # poses of two videos are there already: the dataset builds from them
+        _write_video_poses(ws, f"video{v}", [pixel_track(10 + v, 100, video=f"video{v}")])
+    stored = ingest_file(ws, make_video(tmp_path / "kept.mp4", frames=8, seed=7), Source(kind="local", value="x"), "k")
+    Path(ws.absolute(Catalog(ws).get("video", stored.video_id).outputs[0])).write_bytes(b"corrupted on disk")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"")
+    config = tmp_path / "parent.yaml"
+    detector = {"weights": str(person_detector), "classes": ["person"], "class_names": PERSON_DETECTOR_CLASSES,
+                "runtime": "torch"}  # fmt: skip
+    config.write_text(yaml.safe_dump({"name": "parenttest", "skeleton": "coco17", "fps": 30, "detector": detector,
+                                      "process": CFG.model_dump(),
+                                      "sources": [{"kind": "local", "value": str(folder)}]}))  # fmt: skip
+    script = (
+        "import json\nfrom flows.stages import build_dataset\n"
+        f"state = build_dataset({str(config)!r}, {ws.root!r}, return_state=True)\n"
+        "print('STATE', json.dumps({'id': str(state.state_details.flow_run_id), 'clips': state.result()['clips']}))"
+    )  # fmt: skip
+    out = json.loads(_run(script, env).split("STATE", 1)[1])
+    assert out["clips"] > 0  # the good videos' dataset is built all the same
+    run = read_run(env, out["id"])
+    assert run["type"] == "COMPLETED" and run["name"] == "Completed with failures", run
+    message = run["message"]
+    assert message.startswith("build-dataset: download: 1 of 1 videos failed") and str(folder / "broken.mp4") in message
+    assert f"track: 1 of 1 videos failed ({stored.video_id})" in message, message
+
+
+HOLD_GPU = """
+import time
+from prefect import flow
+from flows.common import ensure_gpu_limit, gpu_slot
+@flow(name="gpu-holder")
+def hold():
+    with gpu_slot():
+        print("HOLDING", flush=True)
+        time.sleep(600)
+ensure_gpu_limit()
+hold()
+"""
+
+WAIT_GPU = """
+import time
+from prefect import flow
+from flows.common import gpu_slot
+@flow(name="gpu-waiter")
+def wait_for_gpu():
+    start = time.monotonic()
+    with gpu_slot():
+        return time.monotonic() - start
+print("WAITED", wait_for_gpu())
+"""
+
+
+def test_a_crashed_runs_gpu_slot_is_freed_and_the_waiting_run_says_so(prefect_server):
+    """A run killed while holding the `gpu` slot kept it about 5 minutes (Prefect's 300 s lease) while the next run
+    waited silently. Now the lease is the server's shortest (60 s) and the waiting run logs what it waits for."""
+    _, env = prefect_server
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GPU], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        lines = []
+        for line in holder.stdout:  # until it holds the slot
+            lines.append(line)
+            if "HOLDING" in line:
+                break
+        assert "HOLDING" in "".join(lines), "".join(lines)[-3000:]
+    finally:
+        os.killpg(holder.pid, 9)  # a crash: no release, no final state
+        holder.wait(timeout=30)
+    try:
+        waiter = subprocess.run([sys.executable, "-c", WAIT_GPU], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                                capture_output=True, text=True, timeout=200)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the slot of the killed run was not freed in 200 s: {str(exc.stderr)[-2000:]}")
+    assert waiter.returncode == 0, waiter.stderr[-3000:]
+    output = waiter.stdout + waiter.stderr
+    assert float(output.split("WAITED", 1)[1].split()[0]) < 120, output[-3000:]
+    assert "waiting for the 'gpu' concurrency slot" in output and "1 of 1 taken" in output, output[-3000:]
+    assert "got the 'gpu' concurrency slot after" in output, output[-3000:]

@@ -50,6 +50,24 @@ def test_atomic_write_replaces_and_failure_keeps_old(ws):
     assert ws.read_json(target) == {"a": [1, 2], "b": 1}
 
 
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_workspace_files_follow_the_umask(tmp_path, umask):
+    """Files were 0600 whatever the umask (mkstemp), so a second service sharing the volume (docker/compose.yaml)
+    could not read them: `mas synthetic` (an .npz, JSON, CSV, a picture and catalog records) under each umask."""
+    import stat
+    import subprocess
+    import sys
+
+    root = tmp_path / "ws"
+    command = [sys.executable, "-m", "pipeline.cli", "synthetic", "--name", "shared", "-w", str(root),
+               "--num-motions", "4", "--length", "16"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr[-2000:]
+    modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
+    assert "catalog/dataset/shared.json" in modes and len(modes) >= 4, modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_fsspec_memory_workspace_roundtrip():
     ws = Workspace("memory://mas-test-ws")
     assert not ws.is_local
@@ -61,6 +79,25 @@ def test_fsspec_memory_workspace_roundtrip():
     catalog = Catalog(ws)
     catalog.mark_done("poses", "clip", key="k", outputs=[path])
     assert catalog.is_done("poses", "clip", key="k")
+
+
+def test_cli_warns_that_a_memory_workspace_lasts_one_process(tmp_path):
+    """Data written to `-w memory://ws` vanished before the next command, without a word."""
+    import subprocess
+    import sys
+
+    def mas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+
+    built = mas("synthetic", "--name", "gone", "-w", "memory://ws", "--num-motions", "4", "--length", "16")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "warning: workspace memory://ws is kept in this process's memory" in built.stderr, built.stderr
+    assert "gone when it ends" in built.stderr
+    status = mas("status", "-w", "memory://ws")  # the next command: the dataset is gone, and it says why
+    assert status.returncode == 2 and "kept in this process's memory" in status.stderr, status.stderr
+    local = mas("status", "-w", str(tmp_path))
+    assert local.returncode == 0 and "warning" not in local.stderr, local.stderr
 
 
 def test_hashes_are_content_based(tmp_path):

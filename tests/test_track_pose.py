@@ -486,3 +486,33 @@ def test_vitpose_batches_crops_across_frames_with_the_per_frame_result():
     for a, b in zip(per_frame, batched, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-3)
     assert np.ptp(np.concatenate(batched)[..., :2]) > 10  # not a degenerate all-equal output
+
+
+def test_a_video_shorter_than_the_stride_says_why_it_has_no_tracks(tmp_path, demo_clip, person_detector, caplog):
+    """A 1-frame video gave 0 tracks at the default stride 2, silently: the detector looks at frames 1, 3, ..."""
+    import logging
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ws = Workspace(tmp_path / "ws")
+    video = ingest_file(ws, Path(demo_clip), Source(kind="local", value="demo", end=0.02), "one frame of the demo")
+    assert video.status == "done" and video.meta["frames"] == 1, video
+    config = {"name": "oneframe", "skeleton": "coco17", "fps": 30, "sources": [{"kind": "local", "value": "x"}],
+              "detector": {"weights": str(person_detector), "classes": ["person"],
+                           "class_names": PERSON_DETECTOR_CLASSES, "runtime": "torch"}}  # fmt: skip
+    path = tmp_path / "oneframe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    with caplog.at_level(logging.WARNING, logger="pipeline.detect_track"):
+        result = runner.invoke(app, ["track", "-c", str(path), "-w", ws.url], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "0 tracks" in result.stdout and "fewer than detector.stride=2" in result.stdout, result.stdout
+    assert "detector.stride=1" in result.stdout and "fewer than detector.stride=2" in caplog.text
+    assert Catalog(ws).get("tracks", video.video_id).meta["note"].startswith(f"{video.video_id} has 1 frame,")
+    again = runner.invoke(app, ["track", "-c", str(path), "-w", ws.url, "--force", "detector.stride=1"],
+                          env={"COLUMNS": "400"})  # fmt: skip
+    assert again.exit_code == 0 and "fewer than" not in again.stdout, again.stdout
+    assert Catalog(ws).get("tracks", video.video_id).meta["tracks"] >= 1  # the people were there all along

@@ -273,3 +273,19 @@ def test_nan_clips_are_refused_when_the_dataset_is_written(tmp_path):
                                          r"values \(first at frame 4\).*fill missing joints"):  # fmt: skip
         write_motion_dataset(Workspace(tmp_path), "d", clips, index, {"skeleton": "coco17", "fps": 30}, 0.3)
     assert not (tmp_path / "datasets" / "d" / "current.json").exists()
+
+
+def test_a_checkpoint_that_cannot_resume_names_the_fresh_flag(synthetic_ws):
+    """The error said "pass resume=False", which `mas train` users cannot; its flag is --fresh."""
+    mas = [sys.executable, "-m", "pipeline.cli", "train", "--dataset", "synth", "--run", "refit", "-w",
+           synthetic_ws.url, "--steps", "1", "--batch-size", "4", "--max-len", "16", "--layers", "1",
+           "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "300"}
+    first = subprocess.run([*mas, "--latent-dim", "16"], capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = subprocess.run([*mas, "--latent-dim", "32"], capture_output=True, text=True, timeout=300, env=env)
+    assert other.returncode == 2 and "it cannot resume this run" in other.stderr, other.stderr[-2000:]
+    assert "`mas train --fresh`" in other.stderr and "pass resume=False" not in other.stderr, other.stderr[-2000:]
+    fresh = subprocess.run([*mas, "--latent-dim", "32", "--fresh"], capture_output=True, text=True, timeout=300,
+                           env=env)  # fmt: skip
+    assert fresh.returncode == 0 and "run refit: step 1" in fresh.stdout, fresh.stderr[-2000:]
