@@ -347,6 +347,19 @@ def train(
 
     if resume and ws.exists(ckpt_path):
         payload = load_checkpoint(ws, ckpt_path, map_location=device)
+        saved_schedule = json.loads(payload["train_config"]).get("noise_schedule", "cosine")
+        if saved_schedule != cfg.noise_schedule:
+            raise CheckpointError(
+                f"{ckpt_path} was trained with noise schedule {saved_schedule!r}, this run asks for "
+                f"{cfg.noise_schedule!r}; pass noise_schedule={saved_schedule!r} (`mas train --noise-schedule "
+                f"{saved_schedule}`) to resume it, or {START_OVER}"
+            )
+        saved_prediction = payload["model_config"].get("prediction", "x0")
+        if saved_prediction != cfg.prediction:
+            raise CheckpointError(
+                f"{ckpt_path} was trained with {saved_prediction}-prediction, this run asks for {cfg.prediction}; "
+                f"pass `mas train --prediction {saved_prediction}` to resume it, or {START_OVER}"
+            )
         if payload["dataset"]["name"] != dataset_name or payload["model_config"] != model_cfg.to_dict():
             raise CheckpointError(
                 f"{ckpt_path} was trained on dataset {payload['dataset']['name']!r} with model "
@@ -357,13 +370,6 @@ def train(
         if not saved.same_body(skeleton):
             raise CheckpointError(f"{ckpt_path} was trained on skeleton {saved.name!r}, dataset {dataset_name!r} is in "
                                   f"{skeleton.name!r}; {START_OVER}")  # fmt: skip
-        saved_schedule = json.loads(payload["train_config"]).get("noise_schedule", "cosine")
-        if saved_schedule != cfg.noise_schedule:
-            raise CheckpointError(
-                f"{ckpt_path} was trained with noise schedule {saved_schedule!r}, this run asks for "
-                f"{cfg.noise_schedule!r}; pass noise_schedule={saved_schedule!r} (`mas train --noise-schedule "
-                f"{saved_schedule}`) to resume it, or {START_OVER}"
-            )
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
