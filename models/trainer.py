@@ -407,7 +407,7 @@ def train(
         if errors and history:
             heldout_loss = float(np.mean([e["x0_mse"] for e in errors.values()]))
             history[-1]["heldout_loss"] = heldout_loss
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", heldout=f"{heldout_loss:.4f}")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", heldout=f"{heldout_loss:.4f}", refresh=False)
 
     def save() -> None:
         if rank != 0:
