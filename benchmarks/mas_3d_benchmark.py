@@ -50,8 +50,10 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--prediction", default="v", choices=["v", "x0"], help="what the denoiser predicts")
-    parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
+    parser.add_argument("--prediction", default="x0", choices=["x0", "v"], help="what the denoiser predicts")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up (cosine: 5%% of --steps is usual)")
+    parser.add_argument("--result", default="mas_3d_benchmark", help="result file (benchmarks/results/NAME.md)")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0, help="procedural motions, split and training seed")
     parser.add_argument("--n", type=int, default=1000, help="motions per draw")
@@ -72,7 +74,8 @@ def main() -> None:
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, num_layers=args.layers,
                         latent_dim=args.latent_dim, ff_size=2 * args.latent_dim, dropout=0.1,
                         save_every=max(args.steps // 10, 1), log_every=100, ema_decay=args.ema_decay,
-                        prediction=args.prediction, lr_schedule=args.lr_schedule)  # fmt: skip
+                        prediction=args.prediction, lr_schedule=args.lr_schedule,
+                        warmup_steps=args.warmup_steps)  # fmt: skip
     evaluator = EvaluatorConfig(num_joints=1, num_layers=args.evaluator_layers, latent_dim=args.evaluator_dim,
                                 ff_size=args.evaluator_ff)  # fmt: skip
     ablations = tuple(ABLATIONS) if args.ablations == "all" else tuple(filter(None, args.ablations.split(",")))
@@ -87,7 +90,7 @@ def main() -> None:
     title = "MAS vs SDS on the procedural 3D benchmark, with floors and trivial baselines"
     if ablations:
         title = "Table 3 ablations of MAS on the procedural 3D benchmark, with floors and trivial baselines"
-    write_result("mas_3d_ablations" if ablations else "mas_3d_benchmark", title,
+    write_result("mas_3d_ablations" if ablations else args.result, title,
                  f"Command: `{command}`\n\n{result.report}\nWorkspace: {ws.url}\n"
                  + (f"\n### The paper's Table 3 (NBA; ± omitted)\n\n{PAPER_TABLE_3}" if ablations else ""))  # fmt: skip
 

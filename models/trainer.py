@@ -65,10 +65,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
-    warmup_steps: int | None = None  # linear warm-up; None: 5% of the steps
-    lr_schedule: str = "cosine"  # after warm-up: cosine decay to lr * min_lr_ratio at the last step, or constant
+    warmup_steps: int | None = 0  # linear warm-up; None: 5% of the steps
+    # after warm-up: constant (the MAS code), or cosine decay to lr * min_lr_ratio at the last step
+    lr_schedule: str = "constant"
     min_lr_ratio: float = 0.05
-    prediction: str = "v"  # what the denoiser's last layer predicts (models/denoiser.py): v (EDM-style) or x0
+    # what the denoiser's last layer predicts (models/denoiser.py): x0 (the MAS code) or v (EDM-style). v is right at
+    # low noise and improved plain 2D sampling, but made MAS's 3D motions jitter (benchmarks/results/
+    # mas_3d_benchmark_v_prediction.md), so x0 stays the default until MAS with v is understood
+    prediction: str = "x0"
     diffusion_steps: int = 100
     noise_schedule: str = DEFAULT_NOISE_SCHEDULE  # the official default; "cosine" is the plain cosine
     max_len: int = 120  # frames per training window; longer clips are cropped at random

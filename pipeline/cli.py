@@ -438,15 +438,14 @@ def train(
         typer.Option(help="auto: bf16 autocast where the device computes bf16 natively (GPUs; AVX512-BF16/AMX CPUs)."),
     ] = "auto",
     prediction: Annotated[
-        Literal["v", "x0"],
-        typer.Option(help="What the network predicts: v (EDM-style, right at low noise) or x0 (the MAS code)."),
-    ] = "v",
+        Literal["x0", "v"],
+        typer.Option(help="What the network predicts: x0 (the MAS code) or v (EDM-style, right at low noise; MAS "
+                     "with it measured worse in 3D: benchmarks/results/mas_3d_benchmark_v_prediction.md)."),
+    ] = "x0",
     lr_schedule: Annotated[
-        Literal["cosine", "constant"], typer.Option(help="After warm-up: cosine decay to 5% of --lr, or constant.")
-    ] = "cosine",
-    warmup_steps: Annotated[
-        int | None, typer.Option(min=0, help="Linear warm-up steps (default: 5% of --steps).")
-    ] = None,
+        Literal["constant", "cosine"], typer.Option(help="After warm-up: constant, or cosine decay to 5% of --lr.")
+    ] = "constant",
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 0,
     seed: int = 0,
 ) -> None:
     """Stage 5: train the 2D motion diffusion model (resumes from the run's last checkpoint)."""

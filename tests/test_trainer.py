@@ -19,7 +19,7 @@ TINY = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, m
 
 @pytest.fixture(scope="module")
 def tiny_runs(synthetic_ws):
-    """The same tiny model trained 300 steps with v-prediction (the default) and with x0-prediction (the MAS code)."""
+    """The same tiny model trained 300 steps with v-prediction and with x0-prediction (the MAS code, the default)."""
     base = dict(steps=300, batch_size=16, lr=2e-3, log_every=25, save_every=300, ema_decay=0.9, **TINY)
     return {prediction: train(synthetic_ws, "synth", f"tiny-{prediction}", TrainConfig(**base, prediction=prediction),
                               progress=False) for prediction in ("v", "x0")}  # fmt: skip
@@ -76,13 +76,14 @@ def test_v_preconditioning_and_the_learning_rate_schedule_pinned():
     torch.testing.assert_close(out, expected)  # x̂0 = √ᾱ x_t − √(1−ᾱ) v̂
     with pytest.raises(ValueError, match="prediction must be one of"):
         DenoiserConfig(num_joints=3, prediction="eps")
-    cfg = TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1)
+    cfg = TrainConfig(steps=1000, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, lr_schedule="cosine")
     assert learning_rate(cfg, 0) == pytest.approx(1e-5) and learning_rate(cfg, 99) == pytest.approx(1e-3)
     assert learning_rate(cfg, 550) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way through the decay
     assert learning_rate(cfg, 1000) == pytest.approx(1e-4)
     flat = TrainConfig(steps=1000, lr=1e-3, warmup_steps=0, lr_schedule="constant")
     assert learning_rate(flat, 0) == learning_rate(flat, 999) == 1e-3
-    assert TrainConfig(steps=1000).prediction == "v" and learning_rate(TrainConfig(steps=1000, lr=1.0), 49) == 1.0
+    assert TrainConfig().prediction == "x0" and learning_rate(TrainConfig(steps=1000, lr=1.0), 0) == 1.0  # as MAS
+    assert learning_rate(TrainConfig(steps=1000, lr=1.0, warmup_steps=None, lr_schedule="cosine"), 49) == 1.0
 
 
 def test_resume_reproduces_uninterrupted_run(synthetic_ws):
