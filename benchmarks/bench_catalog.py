@@ -132,17 +132,22 @@ def s3_main(args) -> None:
            f"{again_s / local_s:.1f}x |")  # fmt: skip
     header = ("| code | records | local (s) | S3, first run (s) | S3, later runs (s) | S3 later / local |\n"
               "| --- | --- | --- | --- | --- | --- |")  # fmt: skip
-    previous = RESULTS / "catalog_s3.md"
-    rows = []
-    if previous.exists():
-        rows = [line for line in previous.read_text().splitlines()
-                if line.startswith("| ") and not line.startswith(("| code", "| ---", f"| {args.label} |"))]  # fmt: skip
+    rows = earlier_rows("catalog_s3", args.label)
     body = (
         f"`mas status` in a fresh process (start-up included) over {args.records} catalog records (1 in 50 failed), "
         f"in a local workspace and on S3 (moto's server on 127.0.0.1 through s3fs); local and later S3 runs: best of "
         f"{args.repeat}. Writing the records took {build_s:.1f} s.\n\n{header}\n" + "\n".join([*rows, row])
     )
     write_result("catalog_s3", "Catalog at scale on S3: `mas status`", body)
+
+
+def earlier_rows(result: str, label: str) -> list[str]:
+    """The table rows of ``benchmarks/results/<result>.md`` other than ``label``'s (kept when a row is rewritten)."""
+    previous = RESULTS / f"{result}.md"
+    if not previous.exists():
+        return []
+    return [line for line in previous.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith(("| code", "| ---", f"| {label} |"))]  # fmt: skip
 
 
 def best_of(repeat: int, fn) -> float:
@@ -205,11 +210,7 @@ def main() -> None:
         "| code | records | `mas status` (process, s) | status in-process (s) | `Catalog.get` (ms) | "
         "ingest 9 new videos (s) | ingest 9 duplicates (s) |\n| --- | --- | --- | --- | --- | --- | --- |"
     )
-    previous = RESULTS / "catalog.md"
-    rows = []
-    if previous.exists():
-        rows = [line for line in previous.read_text().splitlines()
-                if line.startswith("| ") and not line.startswith(("| code", "| ---", f"| {args.label} |"))]  # fmt: skip
+    rows = earlier_rows("catalog", args.label)
     body = (
         f"Local workspace on this machine's disk, {args.records} records (1 in 50 failed), best of "
         f"{args.repeat}; building the records took {build_s:.1f} s. `mas status` in a fresh process includes "

@@ -203,12 +203,13 @@ def masked_l2(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     return error.sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
-def x0_loss_weight(diffusion: Diffusion, t: torch.Tensor, prediction: str) -> torch.Tensor | None:
-    """Per-sample weight of the x0 error that makes the loss the network's own: for v, |x̂0 − x0|² = (1 − ᾱ) |v̂ − v|²,
-    so the x0 error is weighted by 1 / (1 − ᾱ_t) (EDM's λ = 1 / c_out²); for x0, none."""
+def x0_loss_weights(diffusion: Diffusion, prediction: str, device: torch.device) -> torch.Tensor | None:
+    """Per-timestep weight ``[T]`` of the x0 error that makes the loss the network's own: for v,
+    |x̂0 − x0|² = (1 − ᾱ) |v̂ − v|², so the x0 error is weighted by 1 / (1 − ᾱ_t) (EDM's λ = 1 / c_out²); for x0,
+    none."""
     if prediction == "x0":
         return None
-    return torch.as_tensor(1.0 / (1.0 - diffusion.alphas_cumprod), dtype=torch.float32, device=t.device)[t]
+    return torch.as_tensor(1.0 / (1.0 - diffusion.alphas_cumprod), dtype=torch.float32, device=device)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -401,6 +402,7 @@ def train(
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )  # fmt: skip
 
+    loss_weights = x0_loss_weights(diffusion, cfg.prediction, device)  # per timestep, gathered by t at each step
     heldout_steps = sorted({min(t, diffusion.num_steps - 1) for t in HELDOUT_TIMESTEPS})
     heldout_loss = math.nan
 
@@ -459,7 +461,7 @@ def train(
             group["lr"] = lr
         with autocast:
             pred = train_model(xt, t, valid)
-        loss = masked_l2(pred.float(), z, mask, x0_loss_weight(diffusion, t, cfg.prediction))
+        loss = masked_l2(pred.float(), z, mask, None if loss_weights is None else loss_weights[t])
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingDivergedError(
